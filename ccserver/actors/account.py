@@ -1,0 +1,331 @@
+"""The account actor: the single owner of one account's live state.
+
+Nothing outside this class writes a balance, a hold, a slot or a CPS token; the engine calls its
+methods. Money is int micro-units; time inside is int milliseconds (`now_ms`).
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import ipaddress
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ccserver.rating.prefix_index import PrefixIndex
+from ccserver.rating.tariff import PPM, SECONDS_PER_MINUTE, Rate, RateGroup
+
+if TYPE_CHECKING:
+    from ccserver.actors.session import LevelCharge
+
+# Exposure accrues as price-per-minute numerators (micro-units * PPM per minute) times
+# milliseconds; dividing by this gives micro-units.
+EXPOSURE_DENOMINATOR = SECONDS_PER_MINUTE * PPM * 1000
+CPS_LIMIT_MAX = 100_000
+
+
+class AccountKind(enum.StrEnum):
+    OPERATOR = "operator"
+    RESELLER = "reseller"
+    CUSTOMER = "customer"
+    AGENT = "agent"
+    PROVIDER = "provider"
+
+
+class Status(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DELETED = "deleted"
+
+
+class Billing(enum.StrEnum):
+    PREPAID = "prepaid"
+    POSTPAID = "postpaid"
+
+
+class CliPolicy(enum.StrEnum):
+    ANY = "any"  # any caller ID
+    LISTED = "listed"  # Calling-Station-Id must be in the account's caller_ids
+
+
+PARENT_KINDS = frozenset({AccountKind.OPERATOR, AccountKind.RESELLER})
+
+
+class CpsWindow:
+    """Admit at most `limit` calls in any one-second window (a burst of `limit` at once).
+
+    A ring of the last `limit` admission times: a call is admitted only if the oldest of them is
+    at least one second old. That is a token bucket of one second of burst whose refill is paced
+    by the admissions themselves, so no window of one second ever sees more than `limit`.
+    """
+
+    __slots__ = ("_ring", "limit")
+
+    def __init__(self, limit: int) -> None:
+        assert 0 < limit <= CPS_LIMIT_MAX
+        self.limit = limit
+        self._ring: deque[int] = deque(maxlen=limit)
+
+    def can_admit(self, now_ms: int) -> bool:
+        ring = self._ring
+        return len(ring) < self.limit or ring[0] <= now_ms - 1000
+
+    def admit(self, now_ms: int) -> None:
+        assert self.can_admit(now_ms)
+        self._ring.append(now_ms)
+
+
+class Account:
+    """One account of the hierarchy and its live state."""
+
+    __slots__ = (
+        "_deadline_version",
+        "_young",
+        "active_base_micros",
+        "active_charges",
+        "balance_micros",
+        "billing",
+        "blocked",
+        "caller_ids",
+        "calls",
+        "children",
+        "cli_policy",
+        "cps",
+        "cps_window",
+        "credit_limit_micros",
+        "currency",
+        "depth",
+        "expires_at",
+        "id",
+        "ip_addresses",
+        "kind",
+        "mature_rate_sum",
+        "mature_rate_time_sum",
+        "max_concurrent",
+        "number",
+        "parent",
+        "password",
+        "pending_hold_micros",
+        "personal_rates",
+        "pin",
+        "rate_group",
+        "sip_username",
+        "status",
+        "tech_prefix",
+        "young_rate_sum",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        number: str,
+        kind: AccountKind,
+        parent: Account | None,
+        *,
+        status: Status = Status.ACTIVE,
+        billing: Billing = Billing.PREPAID,
+        credit_limit_micros: int = 0,
+        balance_micros: int = 0,
+        currency: str = "USD",
+        rate_group: RateGroup | None = None,
+        max_concurrent: int = 0,
+        cps: int = 0,
+        expires_at: float | None = None,
+        password: str | None = None,
+        pin: str | None = None,
+        sip_username: str | None = None,
+        ip_addresses: tuple[str, ...] = (),
+        tech_prefix: str = "",
+        caller_ids: tuple[str, ...] = (),
+        cli_policy: CliPolicy = CliPolicy.ANY,
+    ) -> None:
+        assert (parent is None) == (kind is AccountKind.OPERATOR), "only the operator is a root"
+        assert parent is None or parent.kind in PARENT_KINDS, "only resellers have children"
+        assert credit_limit_micros >= 0
+        assert max_concurrent >= 0
+        assert 0 <= cps <= CPS_LIMIT_MAX
+        self.id = id
+        self.number = number
+        self.kind: AccountKind = kind
+        self.parent = parent
+        self.depth: int = 0 if parent is None else parent.depth + 1
+        self.children = 0
+        self.status = status
+        self.billing = billing
+        self.credit_limit_micros = credit_limit_micros
+        self.balance_micros = balance_micros
+        self.currency = currency
+        self.rate_group = rate_group
+        self.personal_rates: PrefixIndex[Rate] | None = None
+        self.max_concurrent = max_concurrent
+        self.cps = cps
+        self.cps_window = CpsWindow(cps) if cps else None
+        self.expires_at = expires_at
+        self.blocked: PrefixIndex[bool] | None = None
+        self.password = password
+        self.pin = pin
+        self.sip_username = sip_username
+        self.ip_addresses = ip_addresses
+        self.tech_prefix = tech_prefix
+        self.caller_ids = caller_ids
+        self.cli_policy = cli_policy
+        # Live state. `calls` counts held and active calls of this account and all descendants.
+        self.calls = 0
+        self.pending_hold_micros = 0
+        self.active_charges: dict[int, LevelCharge] = {}
+        # Exposure of active calls: each costs its hold until it "matures" (its first billed
+        # increment is used up), then accrues linearly at its per-minute price.
+        self.active_base_micros = 0
+        self.mature_rate_sum = 0
+        self.mature_rate_time_sum = 0
+        self.young_rate_sum = 0
+        self._young: list[tuple[int, int, LevelCharge]] = []
+        self._deadline_version = 0
+        if parent is not None:
+            parent.children += 1
+
+    def __repr__(self) -> str:
+        return f"Account({self.number!r}, {self.kind.value}, balance={self.balance_micros})"
+
+    # -- policy ---------------------------------------------------------------------------------
+
+    @property
+    def floor_micros(self) -> int:
+        if self.billing is Billing.POSTPAID:
+            return -self.credit_limit_micros
+        return 0
+
+    @property
+    def is_root(self) -> bool:
+        return self.parent is None
+
+    def chain(self) -> list[Account]:
+        """This account and its ancestors below the operator, nearest first."""
+        levels = []
+        node: Account | None = self
+        while node is not None and node.parent is not None:
+            levels.append(node)
+            node = node.parent
+        return levels
+
+    def set_blocked_prefixes(self, prefixes: tuple[str, ...]) -> None:
+        if not prefixes:
+            self.blocked = None
+            return
+        index: PrefixIndex[bool] = PrefixIndex()
+        for prefix in prefixes:
+            index.put(prefix, True)
+        self.blocked = index
+
+    def blocked_prefixes(self) -> tuple[str, ...]:
+        return tuple(sorted(self.blocked)) if self.blocked is not None else ()
+
+    def set_cps(self, cps: int) -> None:
+        assert 0 <= cps <= CPS_LIMIT_MAX
+        self.cps = cps
+        self.cps_window = CpsWindow(cps) if cps else None
+
+    def lookup_rate(self, number: str) -> Rate | None:
+        """A personal rate beats the rate group's (ASTPP's rule), each longest-prefix first."""
+        if self.personal_rates is not None:
+            rate = self.personal_rates.longest_match(number)
+            if rate is not None:
+                return rate
+        if self.rate_group is None:
+            return None
+        return self.rate_group.index.longest_match(number)
+
+    def password_matches(self, secret: str) -> bool:
+        return (self.password is not None and secret == self.password) or (
+            self.pin is not None and secret == self.pin
+        )
+
+    def ip_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(text, strict=False) for text in self.ip_addresses]
+
+    # -- money ----------------------------------------------------------------------------------
+
+    def exposure_micros(self, now_ms: int) -> int:
+        """What this account's active calls have used or hold by now (a lower bound of cost)."""
+        young = self._young
+        while young and young[0][0] <= now_ms:
+            self._mature(heapq.heappop(young)[2])
+        accrued = self.mature_rate_sum * now_ms - self.mature_rate_time_sum
+        return self.active_base_micros + -(-accrued // EXPOSURE_DENOMINATOR)
+
+    def available_micros(self, now_ms: int) -> int:
+        """Funds left for a new call: balance - floor - holds - what active calls used."""
+        return (
+            self.balance_micros
+            - self.floor_micros
+            - self.pending_hold_micros
+            - self.exposure_micros(now_ms)
+        )
+
+    def _mature(self, charge: LevelCharge) -> None:
+        if charge.accrual_state != 1:
+            return  # the call ended before it matured (lazy removal from the heap)
+        charge.accrual_state = 2
+        self.young_rate_sum -= charge.rate_factor
+        self.mature_rate_sum += charge.rate_factor
+        self.mature_rate_time_sum += charge.rate_factor * charge.mature_ms
+
+    def add_active(self, charge: LevelCharge, now_ms: int) -> None:
+        assert charge.session_id_num not in self.active_charges
+        self.active_charges[charge.session_id_num] = charge
+        self.active_base_micros += charge.hold_micros
+        if charge.rate_factor:
+            charge.accrual_state = 1
+            self.young_rate_sum += charge.rate_factor
+            if charge.mature_ms <= now_ms:
+                self._mature(charge)
+            else:
+                heapq.heappush(self._young, (charge.mature_ms, charge.session_id_num, charge))
+                if len(self._young) > 2 * len(self.active_charges) + 64:
+                    self._compact_young()
+
+    def remove_active(self, charge: LevelCharge) -> None:
+        del self.active_charges[charge.session_id_num]
+        self.active_base_micros -= charge.hold_micros
+        assert self.active_base_micros >= 0
+        if charge.accrual_state == 1:
+            self.young_rate_sum -= charge.rate_factor
+        elif charge.accrual_state == 2:
+            self.mature_rate_sum -= charge.rate_factor
+            self.mature_rate_time_sum -= charge.rate_factor * charge.mature_ms
+        charge.accrual_state = 3
+        assert self.young_rate_sum >= 0 and self.mature_rate_sum >= 0
+
+    def _compact_young(self) -> None:
+        self._young = [entry for entry in self._young if entry[2].accrual_state == 1]
+        heapq.heapify(self._young)
+
+    def depletion_ms(self, now_ms: int) -> int | None:
+        """The earliest instant the funds may reach the floor (never later than the truth).
+
+        Calls still inside their first increment are assumed to accrue from now, which can only
+        bring the instant forward; the engine re-checks exactly when it comes.
+        """
+        remaining = self.available_micros(now_ms)
+        if remaining <= 0:
+            return now_ms
+        rate_sum = self.mature_rate_sum + self.young_rate_sum
+        if rate_sum == 0:
+            return None
+        # Rounded up, so that at the instant returned the funds are gone (or, with young calls,
+        # the re-check finds a later instant): the scheduler always makes progress.
+        return now_ms + -(-remaining * EXPOSURE_DENOMINATOR // rate_sum)
+
+    def next_deadline_version(self) -> int:
+        self._deadline_version += 1
+        return self._deadline_version
+
+    @property
+    def deadline_version(self) -> int:
+        return self._deadline_version
+
+    def assert_invariants(self) -> None:
+        assert self.calls >= 0
+        assert self.pending_hold_micros >= 0
+        assert self.active_base_micros >= 0
+        assert self.young_rate_sum >= 0 and self.mature_rate_sum >= 0
