@@ -61,6 +61,7 @@ class Engine:
         self.max_call_seconds = max_call_seconds
         self.hold_ttl_seconds = hold_ttl_seconds
         self.sessions: dict[tuple[str, ...], Session] = {}
+        self.rate_groups: dict[int, RateGroup] = {}
         # Authorizations that carried no Acct-Session-Id wait here for their Start, by
         # (nas, User-Name, Called-Station-Id), oldest first.
         self._joins: dict[tuple[str, ...], list[Session]] = {}
@@ -282,20 +283,56 @@ class Engine:
         called = request.called
         if found_by == "ip" and account.tech_prefix and called.startswith(account.tech_prefix):
             called = called[len(account.tech_prefix) :]
-        chain = account.chain()
+        key = (request.nas, request.session_id)
+        return self._open_unchecked(key, account, request.username, request.calling, called)
+
+    def _open_unchecked(
+        self, key: tuple[str, str], account: Account, username: str, calling: str, called: str
+    ) -> Session | Reject:
+        """Open a call that is already happening: rated at every level, no limit refuses it."""
         priced = []
-        for level in chain:
+        for level in account.chain():
             rate, group = _rate_for(level, called)
             if rate is None:
                 return Reject(RejectReason.NO_RATE, level.number, called)
             priced.append((level, rate, group))
-        key = (request.nas, request.session_id)
-        session = self._new_session(key, account, request.nas, request.username, request, called)
+        if len(self.sessions) >= SESSIONS_MAX:
+            raise EngineError("session table full")
+        self._session_seq += 1
+        now_ms = int(self.clock() * 1000)
+        session = Session(
+            self._session_seq, key, account, key[0], username, calling, called, now_ms
+        )
+        self.sessions[key] = session
         session.authorized = False
         for level, rate, group in priced:
-            charge = LevelCharge(session, level, rate, group, 0)
-            session.levels.append(charge)
+            hold = group.first_increment_cost_micros(rate)
+            session.levels.append(LevelCharge(session, level, rate, group, hold))
             level.calls += 1
+            level.pending_hold_micros += hold
+        return session
+
+    def restore_session(
+        self,
+        nas: str,
+        session_id: str,
+        account_id: int,
+        *,
+        username: str,
+        calling: str,
+        called: str,
+        started_at: float,
+        authorized: bool,
+    ) -> Session | Reject:
+        """Bring back a call that was up when the process stopped (start-up load)."""
+        account = self.hierarchy.get(account_id)
+        if account is None:
+            return Reject(RejectReason.UNKNOWN_ACCOUNT)
+        session = self._open_unchecked((nas, session_id), account, username, calling, called)
+        if isinstance(session, Reject):
+            return session
+        session.authorized = authorized
+        self._activate(session, int(started_at * 1000))
         return session
 
     def start(self, request: AccountingRequest) -> Session | Reject:

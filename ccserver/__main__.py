@@ -1,0 +1,3 @@
+from ccserver.cli import main
+
+raise SystemExit(main())

