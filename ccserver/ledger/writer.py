@@ -35,6 +35,7 @@ log = get_logger("ccserver.ledger")
 
 KIND_CODES = {"balance": 0, "revenue": 1, "funding": 2}
 BATCH_MAX = 1000
+COMMITS_IN_FLIGHT = 2
 
 
 def ledger_account_id(account_id: int, kind: str) -> int:
@@ -79,6 +80,10 @@ _TRANSIENT = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # Two batches in flight replaying the same keys in different orders may deadlock; retrying
+    # one of them resolves it.
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
 )
 
 
@@ -135,22 +140,39 @@ class Writer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         receive = self._receive
-        while True:
-            try:
-                first = await receive.receive()
-            except trio.EndOfChannel:
-                return
-            batch = [first]
-            while len(batch) < self.batch_max:
+        # Two commits in flight: while Postgres commits one batch, the next one is gathered and
+        # sent. Concurrent batches are safe: a key present in both is applied by one of them
+        # (the unique index makes the other wait, then skip it), and balances are updated in
+        # ascending id order, so two commits cannot deadlock on them.
+        in_flight = trio.CapacityLimiter(COMMITS_IN_FLIGHT)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await in_flight.acquire_on_behalf_of(receive)
                 try:
-                    batch.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
+                    first = await receive.receive()
+                except trio.EndOfChannel:
+                    in_flight.release_on_behalf_of(receive)
                     break
-            # The commit of a batch is not interrupted half-way by shutdown: it finishes (or
-            # keeps retrying until the shutdown deadline cancels the process's nursery).
+                batch = [first]
+                while len(batch) < self.batch_max:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                token = object()
+                in_flight.release_on_behalf_of(receive)
+                await in_flight.acquire_on_behalf_of(token)
+                nursery.start_soon(self._commit_batch, batch, in_flight, token)
+
+    async def _commit_batch(
+        self, batch: list[_Waiter], in_flight: trio.CapacityLimiter, token: object
+    ) -> None:
+        try:
             await self._commit_with_retry(batch)
-            self._depth -= len(batch)
-            LEDGER_QUEUE_DEPTH.set(self._depth)
+        finally:
+            in_flight.release_on_behalf_of(token)
+        self._depth -= len(batch)
+        LEDGER_QUEUE_DEPTH.set(self._depth)
 
     async def _commit_with_retry(self, batch: list[_Waiter]) -> None:
         batch_id = random.getrandbits(62) + 1

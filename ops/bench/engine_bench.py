@@ -1,0 +1,289 @@
+"""Engine benchmark: full call cycles (authorize, start, stop) over a reseller hierarchy.
+
+Builds --accounts accounts in trees of --depth levels (operator -> resellers -> customers) and one
+rate group of --prefixes prefixes per level, then runs --cycles calls on a fake clock with about
+--concurrent calls up at once. Prints figures and a reference loop timed in the same run, so that
+figures compare across machines. A benchmark prints; it does not assert (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import gc
+import heapq
+import pstats
+import random
+import string
+import time
+from array import array
+from collections.abc import Callable
+from typing import TypeAlias, TypeVar
+
+import psutil  # type: ignore[import-untyped]
+
+from ccserver.actors.account import Account, AccountKind
+from ccserver.actors.engine import Engine
+from ccserver.actors.messages import AccountingRequest, CallRequest, Pap, Reject
+from ccserver.rating.tariff import Rate, RateGroup
+
+SEED = 20_240_501
+# Each account gets its own balance object (as when loaded from the database), large enough that
+# no level runs dry: the benchmark measures admission and rating, not disconnects.
+BALANCE_MICROS = 10**15
+NUMBER_BASE = 1_000_000_000  # 10-digit account numbers, as ASTPP issues them
+CALLED_DIGITS = 12
+CALL_SECONDS_MAX = 600  # durations are uniform over 1..600 s
+INCREMENTS = ((1, 1), (30, 6), (60, 60))  # (first, next) increment seconds
+NAS_NAMES = tuple(f"nas-{n}" for n in range(8))
+TARGET_CYCLES_PER_SECOND = 20_000
+TARGET_AUTHORIZE_P99_US = 100
+TARGET_ACCOUNT_BYTES = 1024
+
+Request = TypeVar("Request")
+Result = TypeVar("Result")
+Plan = list[tuple[str, str, str, int]]  # username, password, called, duration seconds
+Outcome: TypeAlias = "tuple[float, dict[str, array[int]], dict[str, int]]"  # wall s, ns, counts
+Call = tuple[float, int, str, str, str, str, int]  # end, seq, nas, session id, user, called, secs
+
+
+def rss_bytes() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+def make_prefixes(rng: random.Random, count: int) -> list[int]:
+    """Distinct prefixes of 4-10 digits, as ints: each rate group makes its own strings from
+    them, as it would loading its rates from the database."""
+    prefixes: set[int] = set()
+    while len(prefixes) < count:
+        digits = rng.randint(4, 10)
+        prefixes.add(rng.randrange(10 ** (digits - 1), 10**digits))
+    return sorted(prefixes)
+
+
+def build_rate_groups(
+    rng: random.Random, prefixes: list[int], base_prices: list[int], depth: int
+) -> list[RateGroup]:
+    """groups[0] prices customers, groups[depth - 1] the top resellers. Each level down the
+    chain adds 10% (its reseller's margin): prices stay within 0.005-0.2 per minute."""
+    destinations = [f"Destination {n}" for n in range(500)]
+    groups = []
+    for level in range(depth):
+        group = RateGroup(level + 1, f"level-{level}")
+        tenths = 10 + depth - 1 - level
+        for prefix, price_micros in zip(prefixes, base_prices, strict=True):
+            first, step = rng.choice(INCREMENTS)
+            fee_micros = 10_000 if rng.random() < 0.1 else 0
+            per_minute, destination = price_micros * tenths // 10, rng.choice(destinations)
+            group.put(Rate(str(prefix), destination, fee_micros, per_minute, 0, first, step))
+        groups.append(group)
+    return groups
+
+
+def build_accounts(
+    engine: Engine, rng: random.Random, groups: list[RateGroup], accounts: int, fanout: int
+) -> list[Account]:
+    """Resellers `fanout` wide at each level, then the rest as customers, round-robin."""
+    hierarchy = engine.hierarchy
+    alphabet = string.ascii_letters + string.digits
+
+    def add(kind: AccountKind, parent: Account, group: RateGroup) -> Account:
+        account_id = len(hierarchy) + 1
+        account = Account(account_id, str(NUMBER_BASE + account_id), kind, parent, rate_group=group)
+        account.password = "".join(rng.choices(alphabet, k=12))
+        account.balance_micros = BALANCE_MICROS + account_id
+        return hierarchy.add(account)
+
+    parents = [hierarchy.operator]
+    for tree_level in range(1, len(groups)):
+        group = groups[len(groups) - tree_level]
+        parents = [add(AccountKind.RESELLER, p, group) for p in parents for _ in range(fanout)]
+    customers = accounts - len(hierarchy)
+    return [
+        add(AccountKind.CUSTOMER, parents[n % len(parents)], groups[0]) for n in range(customers)
+    ]
+
+
+def make_plan(customers: list[Account], prefixes: list[int], cycles: int) -> Plan:
+    """(username, password, called number, duration) of each call, drawn before the clock runs."""
+    rng = random.Random(SEED + 1)
+    plan = []
+    for _ in range(cycles):
+        prefix = str(prefixes[rng.randrange(len(prefixes))])
+        pad = max(1, CALLED_DIGITS - len(prefix))
+        called = f"{prefix}{rng.randrange(10**pad):0{pad}d}"
+        customer = customers[rng.randrange(len(customers))]
+        seconds = rng.randint(1, CALL_SECONDS_MAX)
+        plan.append((customer.number, customer.password or "", called, seconds))
+    return plan
+
+
+def run_calls(engine: Engine, clock: list[float], plan: Plan, concurrent: int) -> Outcome:
+    """One arrival per cycle; each call stops when its own duration is up on the fake clock, so
+    about `concurrent` calls are up at once (Little's law) and every duration matches the clock."""
+    step_seconds = (1 + CALL_SECONDS_MAX) / 2 / concurrent
+    times = {name: array("q") for name in ("authorize", "start", "stop", "tick", "gc")}
+    counts = {"rejects": 0, "disconnects": 0, "concurrent_sum": 0, "concurrent_max": 0}
+    live: list[Call] = []
+    perf = time.perf_counter_ns
+    gc_began = [0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_began[0] = perf()
+        elif info["generation"] == 2:
+            times["gc"].append(perf() - gc_began[0])
+
+    def timed(name: str, operation: Callable[[Request], Result], request: Request) -> Result:
+        began = perf()
+        result = operation(request)
+        times[name].append(perf() - began)
+        counts["rejects"] += isinstance(result, Reject)
+        return result
+
+    def stop(call: Call) -> None:
+        _, _, nas, session_id, username, called, seconds = call
+        request = AccountingRequest(nas, session_id, username, called, duration_seconds=seconds)
+        timed("stop", engine.stop, request)
+
+    gc.callbacks.append(on_gc)
+    wall_began = time.perf_counter()
+    for seq, (username, password, called, seconds) in enumerate(plan):
+        clock[0] += step_seconds
+        now = clock[0]
+        while live and live[0][0] <= now:
+            stop(heapq.heappop(live))
+        deadline = engine.next_deadline()
+        if deadline is not None and deadline <= now:  # what the server's timer task does
+            counts["disconnects"] += len(timed("tick", lambda _: engine.tick(), None))
+        nas, session_id = NAS_NAMES[seq % len(NAS_NAMES)], f"{seq:016x}"
+        request = CallRequest(
+            nas, username, called, credential=Pap(password), session_id=session_id
+        )
+        if isinstance(timed("authorize", engine.authorize, request), Reject):
+            continue
+        timed("start", engine.start, AccountingRequest(nas, session_id, username, called))
+        heapq.heappush(live, (now + seconds, seq, nas, session_id, username, called, seconds))
+        counts["concurrent_sum"] += len(live)
+        counts["concurrent_max"] = max(counts["concurrent_max"], len(live))
+    while live:  # drain: every cycle counted is a full one
+        call = heapq.heappop(live)
+        clock[0] = max(clock[0], call[0])
+        stop(call)
+    wall = time.perf_counter() - wall_began
+    gc.callbacks.remove(on_gc)
+    return wall, times, counts
+
+
+def reference_seconds(count: int) -> float:
+    """A plain Python loop of `count` dict gets and 4 int additions each."""
+    table = {n: n for n in range(1024)}
+    total = 0
+    began = time.perf_counter()
+    for n in range(count):
+        value = table.get(n & 1023, 0)
+        total += value + n + value + 1
+    return time.perf_counter() - began
+
+
+def percentile_us(ordered: list[int], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] / 1e3 if ordered else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--prefixes", type=int, default=100_000)
+    parser.add_argument("--cycles", type=int, default=200_000)
+    parser.add_argument("--depth", type=int, default=4, help="levels of a call's chain")
+    parser.add_argument("--concurrent", type=int, default=1000, help="calls up at once (mean)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the call loop")
+    args = parser.parse_args()
+    if min(args.depth, args.prefixes, args.cycles, args.concurrent) < 1:
+        parser.error("--depth, --prefixes, --cycles and --concurrent must be at least 1")
+    # About 1% of the accounts are resellers; the rest are customers.
+    fanout = max(1, round((args.accounts / 100) ** (1 / (args.depth - 1)))) if args.depth > 1 else 1
+    resellers = sum(fanout**level for level in range(1, args.depth))
+    if args.accounts < resellers + 2:
+        parser.error(f"--accounts must be at least {resellers + 2} at depth {args.depth}")
+
+    rng = random.Random(SEED)
+    prefixes = make_prefixes(rng, args.prefixes)
+    base_prices = [rng.randint(5_000, 150_000) for _ in prefixes]
+    clock = [1_700_000_000.0]
+    engine = Engine(clock=lambda: clock[0])
+    rss_before = rss_bytes()
+    began = time.perf_counter()
+    groups = build_rate_groups(rng, prefixes, base_prices, args.depth)
+    groups_seconds = time.perf_counter() - began
+    rss_groups = rss_bytes()
+    began = time.perf_counter()
+    customers = build_accounts(engine, rng, groups, args.accounts, fanout)
+    accounts_seconds = time.perf_counter() - began
+    rss_accounts = rss_bytes()
+    built, rates = len(engine.hierarchy) - 1, args.depth * args.prefixes
+    print(
+        f"build: {args.depth} rate groups x {args.prefixes:,} prefixes in {groups_seconds:.2f} s;"
+        f" {built:,} accounts + operator ({resellers:,} resellers, fan-out {fanout},"
+        f" {len(customers):,} customers) in {accounts_seconds:.2f} s"
+    )
+    print(
+        f"memory per account = {(rss_accounts - rss_groups) / built:,.0f} B"
+        f" (target <= {TARGET_ACCOUNT_BYTES:,})\n"
+        f"memory per prefix = {(rss_groups - rss_before) / rates:,.0f} B per rate"
+        f" ({rates:,} rates in {args.depth} groups = {(rss_groups - rss_before) / 2**20:,.1f} MiB)"
+    )
+
+    plan = make_plan(customers, prefixes, args.cycles)
+    reference = reference_seconds(args.cycles)
+    rss_loop = rss_bytes()
+    profiler = cProfile.Profile()
+    with profiler if args.profile else contextlib.nullcontext():
+        wall, times, counts = run_calls(engine, clock, plan, args.concurrent)
+    if args.profile:
+        print("profile of the call loop (the figures below include the profiler's overhead):")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    reference = min(reference, reference_seconds(args.cycles))  # before and after: the quieter
+
+    engine_ns = sum(sum(times[name]) for name in ("authorize", "start", "stop", "tick"))
+    print(
+        f"engine: cycles/s = {args.cycles / wall:,.0f}  (target >= {TARGET_CYCLES_PER_SECOND:,})"
+        f"  [{args.cycles:,} full cycles in {wall:.2f} s wall;"
+        f" {args.cycles / (engine_ns / 1e9):,.0f}/s counting engine calls only]"
+    )
+    for name in ("authorize", "start", "stop", "tick"):
+        ordered = sorted(times[name])
+        p50, p99, p999, top = (percentile_us(ordered, f) for f in (0.5, 0.99, 0.999, 1.0))
+        target = f" (target <= {TARGET_AUTHORIZE_P99_US})" if name == "authorize" else ""
+        print(f"{name} p50 = {p50:,.1f} us")
+        print(f"{name} p99 = {p99:,.1f} us{target}  [p99.9 {p999:,.0f} us, max {top:,.0f} us]")
+    pauses_s = [pause / 1e9 for pause in times["gc"]]
+    print(
+        f"gc: {len(pauses_s)} full collections in the loop, longest {max(pauses_s, default=0):.3f}"
+        f" s, total {sum(pauses_s):.2f} s ({sum(pauses_s) / wall:.0%} of wall)"
+    )
+    print(
+        f"calls up at once: mean {counts['concurrent_sum'] / args.cycles:,.0f},"
+        f" max {counts['concurrent_max']:,}; rejects {counts['rejects']};"
+        f" disconnects {counts['disconnects']}; sessions left {len(engine.sessions)}"
+    )
+    print(
+        f"memory after the run = {(rss_bytes() - rss_loop) / 2**20:,.1f} MiB more than before it,"
+        f" with every call ended"
+    )
+    print(
+        f"reference: {args.cycles:,} x (dict get + 4 int additions) = {reference * 1e3:,.1f} ms"
+        f" ({reference / args.cycles * 1e9:,.0f} ns each);"
+        f" engine cycle / reference iteration = {wall / reference:,.0f}x"
+    )
+    try:
+        engine.check_invariants()
+        print("invariants: ok")
+    except AssertionError as error:  # reported, not raised: a benchmark prints
+        print(f"invariants: FAILED {error!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Ledger benchmark: group-commit throughput and latency, and start-up load time.
+
+Runs against a private embedded Postgres in a temporary directory (or CCSERVER_BENCH_DATABASE_URL).
+Prints, in one run:
+- committed transfers/s through the group-commit writer (closed loop, many concurrent writers),
+  beside the reference of one transaction per write measured on the same server;
+- commit latency p50/p99 with an open-loop load at half the measured maximum;
+- start-up time: fetch + build the engine with --accounts accounts, --rates rates and --sessions
+  open calls.
+A benchmark prints; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import trio
+
+from ccserver.actors.messages import Transfer
+from ccserver.ledger.bridge import Bridge
+from ccserver.ledger.embedded import EmbeddedPostgres, ensure_database
+from ccserver.ledger.loader import build_engine, fetch_snapshot
+from ccserver.ledger.migrate import migrate
+from ccserver.ledger.store import AccountRow, create_accounts_bulk, create_rate_group
+from ccserver.ledger.writer import LedgerWrite, Writer
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def transfers_for(n: int, accounts: list[int]) -> tuple[Transfer, ...]:
+    # A call at two levels: the customer pays its reseller, the reseller pays the operator.
+    customer = accounts[n % len(accounts)]
+    return (
+        Transfer(f"c{n}:a", customer, "balance", 2, "revenue", 1_000 + n % 97, "call", f"b/{n}"),
+        Transfer(f"c{n}:b", 2, "balance", 1, "revenue", 500 + n % 89, "call", f"b/{n}"),
+    )
+
+
+async def seed_small(bridge: Bridge) -> list[int]:
+    rows = [AccountRow(id=2, number="bench-reseller", kind="reseller", parent_id=1)]
+    rows += [
+        AccountRow(id=10 + i, number=f"bench-{i}", kind="customer", parent_id=2)
+        for i in range(1_000)
+    ]
+    await bridge.run(create_accounts_bulk, rows)
+    return [row.id for row in rows[1:]]
+
+
+async def bench_throughput(bridge: Bridge, accounts: list[int], writes: int) -> float:
+    writer = Writer(bridge, batch_max=1000, queue_max=20_000)
+    next_n = 0
+
+    async def producer() -> None:
+        nonlocal next_n
+        while next_n < writes:
+            n = next_n
+            next_n += 1
+            await writer.write(LedgerWrite(transfers=transfers_for(n, accounts)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        started = time.perf_counter()
+        async with trio.open_nursery() as producers:
+            for _ in range(2_000):
+                producers.start_soon(producer)
+        elapsed = time.perf_counter() - started
+        writer.close()
+    rate = writes * 2 / elapsed
+    print(
+        f"group commit: {writes * 2:,} transfers in {elapsed:.2f} s = {rate:,.0f} transfers/s "
+        f"in {writer.committed_batches} commits (target >= 20,000/s)"
+    )
+    return rate
+
+
+async def bench_reference(bridge: Bridge, accounts: list[int], writes: int, base: int) -> float:
+    """One transaction per write, 16 concurrent connections: what a naive writer gets."""
+
+    async def one(connection: Any, n: int) -> None:
+        async with connection.transaction():
+            for t in transfers_for(n, accounts):
+                await connection.execute(
+                    """INSERT INTO transfers (debit_account_id, credit_account_id, amount_micros,
+                           kind, reference, idempotency_key, batch_id)
+                       VALUES ($1, $2, $3, $4, $5, $6, 0)""",
+                    t.debit_account_id * 4,
+                    t.credit_account_id * 4 + 1,
+                    t.amount_micros,
+                    t.kind,
+                    t.reference,
+                    "ref" + t.idempotency_key,
+                )
+
+    next_n = base
+
+    async def worker() -> None:
+        nonlocal next_n
+        while next_n < base + writes:
+            n = next_n
+            next_n += 1
+            await bridge.run(one, n)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(16):
+            nursery.start_soon(worker)
+    elapsed = time.perf_counter() - started
+    rate = writes * 2 / elapsed
+    print(f"reference, one commit per write: {rate:,.0f} transfers/s")
+    return rate
+
+
+async def bench_latency(bridge: Bridge, accounts: list[int], rate: float, seconds: float) -> None:
+    writer = Writer(bridge, batch_max=1000, queue_max=20_000)
+    interval = 2.0 / rate  # writes of two transfers each, at `rate` transfers/s
+    latencies: list[float] = []
+    base = 10_000_000
+
+    async def one(n: int) -> None:
+        started = time.perf_counter()
+        await writer.write(LedgerWrite(transfers=transfers_for(base + n, accounts)))
+        latencies.append(time.perf_counter() - started)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        async with trio.open_nursery() as load:
+            started = trio.current_time()
+            n = 0
+            while trio.current_time() - started < seconds:
+                due = started + n * interval
+                if due > trio.current_time():
+                    await trio.sleep_until(due)
+                load.start_soon(one, n)
+                n += 1
+        writer.close()
+    print(
+        f"open loop at {rate:,.0f} transfers/s for {seconds:.0f} s: commit latency "
+        f"p50 = {percentile(latencies, 0.5) * 1000:.1f} ms, "
+        f"p99 = {percentile(latencies, 0.99) * 1000:.1f} ms (target p99 <= 20 ms)"
+    )
+
+
+async def seed_large(bridge: Bridge, accounts: int, rates: int, sessions: int) -> None:
+    async def go(connection: Any) -> None:
+        group = await create_rate_group(connection, "bench big")
+        rng = random.Random(7)
+        prefixes: set[str] = set()
+        while len(prefixes) < rates:
+            prefixes.add(str(rng.randrange(10**5, 10**10)))
+        await connection.copy_records_to_table(
+            "rates",
+            columns=["rate_group_id", "prefix", "destination", "per_minute_micros"],
+            records=[(group, p, "bench", 10_000 + int(p) % 90_000) for p in prefixes],
+        )
+        resellers = [100 + i for i in range(10)]
+        rows = [
+            AccountRow(id=r, number=f"r{r}", kind="reseller", parent_id=1, rate_group_id=group)
+            for r in resellers
+        ]
+        first = 1_000
+        rows += [
+            AccountRow(
+                id=first + i,
+                number=f"{5_000_000_000 + i}",
+                kind="customer",
+                parent_id=resellers[i % 10],
+                rate_group_id=group,
+                password="pw",
+            )
+            for i in range(accounts - len(rows))
+        ]
+        await create_accounts_bulk(connection, rows)
+        some = sorted(prefixes)[:1000]
+        await connection.copy_records_to_table(
+            "sessions",
+            columns=["nas", "session_id", "account_id", "called", "started_at"],
+            records=[
+                ("bench-nas", f"s{i}", first + i, some[i % 1000] + "1234", _now())
+                for i in range(sessions)
+            ],
+        )
+
+    await bridge.run(go)
+
+
+def _now() -> Any:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC)
+
+
+async def bench_startup(dsn: str, accounts: int, rates: int, sessions: int) -> None:
+    async with Bridge(dsn) as bridge:
+        started = time.perf_counter()
+        await seed_large(bridge, accounts, rates, sessions)
+        print(
+            f"seeded {accounts:,} accounts, {rates:,} rates, {sessions:,} sessions "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+    async with Bridge(dsn) as bridge:
+        started = time.perf_counter()
+        snapshot = await bridge.run(fetch_snapshot)
+        fetched = time.perf_counter() - started
+        engine = build_engine(snapshot)
+        total = time.perf_counter() - started
+    print(
+        f"start-up load: {total:.1f} s ({fetched:.1f} s reading, {total - fetched:.1f} s building)"
+        f" for {len(engine.hierarchy):,} accounts and {len(engine.sessions):,} open calls"
+        " (target <= 15 s)"
+    )
+
+
+async def run(args: argparse.Namespace) -> None:
+    url = os.environ.get("CCSERVER_BENCH_DATABASE_URL", "")
+    directory = tempfile.mkdtemp(prefix="ccserver-ledger-bench-")
+    embedded = None
+    try:
+        if url:
+            dsn = big_dsn = url
+        else:
+            embedded = EmbeddedPostgres(directory)
+            await trio.to_thread.run_sync(embedded.start)
+            async with Bridge(embedded.admin_dsn()) as admin:
+                await admin.run(ensure_database, "bench")
+                await admin.run(ensure_database, "bench_startup")
+            dsn, big_dsn = embedded.dsn("bench"), embedded.dsn("bench_startup")
+        async with Bridge(dsn, pool_max=8) as bridge:
+            await bridge.run(migrate)
+            accounts = await seed_small(bridge)
+            rate = await bench_throughput(bridge, accounts, args.writes)
+            reference = await bench_reference(bridge, accounts, args.writes // 10, 20_000_000)
+            print(f"group commit / reference = {rate / reference:.1f}x")
+            await bench_latency(bridge, accounts, rate / 2, args.latency_seconds)
+        if args.accounts:
+            async with Bridge(big_dsn) as bridge:
+                await bridge.run(migrate)
+            await bench_startup(big_dsn, args.accounts, args.rates, args.sessions)
+    finally:
+        if embedded is not None:
+            await trio.to_thread.run_sync(embedded.stop)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--writes", type=int, default=50_000, help="writes of 2 transfers each")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--rates", type=int, default=1_000_000)
+    parser.add_argument("--sessions", type=int, default=100_000)
+    trio.run(run, parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
