@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccserver", description="VoIP credit-control server")
     parser.add_argument("--config", help="TOML configuration file")
     commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM")
+    serve.add_argument("--demo", action="store_true", help="seed demo data and print commands")
     commands.add_parser("migrate", help="apply database migrations and exit")
     commands.add_parser(
         "check-ledger",
@@ -47,8 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"ccserver: configuration error: {error}", file=sys.stderr)
         return 2
-    commands = {"migrate": _migrate, "check-ledger": _check_ledger}
     try:
+        if args.command == "serve":
+            from ccserver.server import serve
+
+            return trio.run(lambda: serve(config, demo=args.demo))
+        commands = {"migrate": _migrate, "check-ledger": _check_ledger}
         return trio.run(commands[args.command], config)
     except MigrationError as error:
         print(f"ccserver: {error}", file=sys.stderr)

@@ -92,3 +92,6 @@ def database_url(postgres_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def tmp_data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+from tests.server_harness import api, server  # noqa: E402, F401  (fixtures for end-to-end tests)

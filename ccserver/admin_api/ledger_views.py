@@ -1,0 +1,7 @@
+"""ledger_views routes."""
+
+from __future__ import annotations
+
+from ccserver.admin_api.app import Route
+
+ROUTES: list[Route] = []

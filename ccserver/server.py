@@ -1,0 +1,151 @@
+"""`ccserver serve`: every part of the server under one trio nursery.
+
+Start-up: open (or start) the database, migrate, load the engine, open the ledger writer, then the
+listeners; /readyz turns 200 only then. SIGINT/SIGTERM: /readyz turns 503, listeners stop
+accepting, requests in flight finish, the writer commits everything queued, the embedded
+Postgres stops, exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ccserver.actors.engine import Engine
+from ccserver.admin_api.app import Api, create_app
+from ccserver.admin_api.auth import TokenStore, fetch_tokens
+from ccserver.config import Config
+from ccserver.ledger.database import open_database
+from ccserver.ledger.loader import build_engine, fetch_snapshot
+from ccserver.ledger.writer import Writer
+from ccserver.observability import ACTIVE_CALLS, configure_logging, get_logger
+
+log = get_logger("ccserver.server")
+
+TIMER_PERIOD_SECONDS_MAX = 0.25  # the longest a depletion can wait for the timer to notice
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+# Front ends that later issues plug in: each is started with the Api and must call
+# task_status.started() once listening.
+FrontEnd = Callable[..., Awaitable[None]]
+FRONT_ENDS: list[FrontEnd] = []
+
+
+async def engine_timer(api: Api) -> None:
+    """Release expired holds and hand depletion disconnects to the protocol side."""
+    engine = api.engine
+    while True:
+        deadline = engine.next_deadline()
+        delay = TIMER_PERIOD_SECONDS_MAX
+        if deadline is not None:
+            delay = min(max(deadline - engine.clock(), 0.0), TIMER_PERIOD_SECONDS_MAX)
+        await trio.sleep(delay)
+        events = engine.tick()
+        if events:
+            api.send_disconnects(events)
+        ACTIVE_CALLS.set(len(engine.sessions))
+
+
+async def log_disconnects(api: Api) -> None:
+    """Until a protocol front end takes the disconnect requests, record each one."""
+    async for event in api.disconnect_receive:
+        log.warning(
+            "disconnect_requested",
+            session=event.session_id,
+            nas=event.nas,
+            reason=event.reason,
+            level=event.account_number,
+            sent=False,
+        )
+
+
+async def serve_http(
+    api: Api,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = HypercornConfig()
+    config.bind = [api.config.admin_api.listen]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = SHUTDOWN_GRACE_SECONDS
+    # Hypercorn 0.18's default (1000) makes busy keep-alive clients trip BusyResourceError logs.
+    config.keep_alive_max_requests = 1_000_000
+    await hypercorn_serve(
+        create_app(api),  # type: ignore[arg-type]
+        config,
+        shutdown_trigger=shutdown.wait,
+        task_status=task_status,
+    )
+
+
+async def load_engine(api_config: Config, bridge: object) -> Engine:
+    started = time.perf_counter()
+    snapshot = await bridge.run(fetch_snapshot)  # type: ignore[attr-defined]
+    engine = build_engine(
+        snapshot,
+        max_call_seconds=api_config.engine.max_call_seconds,
+        hold_ttl_seconds=api_config.engine.hold_ttl_seconds,
+    )
+    log.info(
+        "engine_loaded",
+        accounts=len(engine.hierarchy),
+        open_calls=len(engine.sessions),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return engine
+
+
+async def serve(config: Config, *, demo: bool = False) -> int:
+    configure_logging(config.log.level)
+    async with open_database(config.database) as bridge:
+        engine = await load_engine(config, bridge)
+        tokens = TokenStore()
+        tokens.load(await bridge.run(fetch_tokens))
+        writer = Writer(
+            bridge,
+            batch_max=config.ledger.batch_max,
+            queue_max=config.ledger.queue_max,
+            retry_seconds_max=config.ledger.retry_seconds_max,
+        )
+        api = Api(engine, writer, bridge, config, tokens)
+        async with trio.open_nursery() as outer:
+            outer.start_soon(writer.run)
+            shutdown = trio.Event()
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as front:
+                    front.start_soon(engine_timer, api)
+                    if not FRONT_ENDS:
+                        front.start_soon(log_disconnects, api)
+                    for front_end in FRONT_ENDS:
+                        await front.start(front_end, api, shutdown)
+                    await front.start(serve_http, api, shutdown)
+                    if demo:
+                        from ccserver.demo import seed_demo
+
+                        await seed_demo(api)
+                    api.ready = True
+                    log.info("ready", admin_api=config.admin_api.listen)
+                    async for signum in signals:
+                        log.info("shutting_down", signal=signal.Signals(signum).name)
+                        break
+                    api.ready = False
+                    shutdown.set()
+                    # Listeners stop accepting and finish what is in flight; then the timers go.
+                    with trio.move_on_after(SHUTDOWN_GRACE_SECONDS + 1):
+                        while front.child_tasks and any(
+                            t.name.endswith(("serve_http", "radius_server", "diameter_server"))
+                            for t in front.child_tasks
+                        ):
+                            await trio.sleep(0.05)
+                    front.cancel_scope.cancel()
+            # Everything queued for the ledger is committed before the database goes away.
+            writer.close()
+    log.info("stopped")
+    return 0
