@@ -105,6 +105,12 @@ async def load_engine(api_config: Config, bridge: object) -> Engine:
 async def serve(config: Config, *, demo: bool = False) -> int:
     configure_logging(config.log.level)
     async with open_database(config.database) as bridge:
+        demo_token = None
+        if demo:
+            from ccserver.demo import remember_demo_token, seed_demo
+
+            demo_token = await seed_demo(bridge)
+            demo_token = remember_demo_token(config.database.data_dir, demo_token)
         engine = await load_engine(config, bridge)
         tokens = TokenStore()
         tokens.load(await bridge.run(fetch_tokens))
@@ -126,11 +132,11 @@ async def serve(config: Config, *, demo: bool = False) -> int:
                     for front_end in FRONT_ENDS:
                         await front.start(front_end, api, shutdown)
                     await front.start(serve_http, api, shutdown)
-                    if demo:
-                        from ccserver.demo import seed_demo
-
-                        await seed_demo(api)
                     api.ready = True
+                    if demo:
+                        from ccserver.demo import instructions
+
+                        print(instructions(config, demo_token, bool(FRONT_ENDS)), flush=True)
                     log.info("ready", admin_api=config.admin_api.listen)
                     async for signum in signals:
                         log.info("shutting_down", signal=signal.Signals(signum).name)

@@ -337,3 +337,8 @@ async def _insert_cdrs(connection: Any, cdrs: list[tuple[int, Cdr]], applied: li
     for index, cdr in cdrs:
         if (cdr.nas, cdr.session_id) in new:
             applied[index] = True
+
+
+async def commit_now(bridge: Bridge, items: Sequence[LedgerWrite]) -> list[bool]:
+    """Commit writes in one transaction without the queue (seeding before the writer runs)."""
+    return await bridge.run(_commit, random.getrandbits(62) + 1, list(items))
