@@ -756,7 +756,9 @@ def end_calls(api: Api, account: Account) -> list[StopResult]:
         )
         if isinstance(stopped, StopResult) and session.session_id:
             results.append(stopped)
-    engine.release_holds(account)
+    for session in list(engine.active_sessions(account)):
+        if session.state is SessionState.PENDING:
+            engine._release(session)  # authorized, never started: nothing to charge
     return results
 
 
