@@ -19,6 +19,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from ccserver.actors.engine import Engine
 from ccserver.admin_api.app import Api, create_app
 from ccserver.admin_api.auth import TokenStore, fetch_tokens
+from ccserver.admin_api.nas_clients import load_nas_clients
 from ccserver.config import Config
 from ccserver.ledger.database import open_database
 from ccserver.ledger.loader import build_engine, fetch_snapshot
@@ -121,6 +122,7 @@ async def serve(config: Config, *, demo: bool = False) -> int:
             retry_seconds_max=config.ledger.retry_seconds_max,
         )
         api = Api(engine, writer, bridge, config, tokens)
+        await load_nas_clients(api)
         async with trio.open_nursery() as outer:
             outer.start_soon(writer.run)
             shutdown = trio.Event()
