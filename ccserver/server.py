@@ -31,10 +31,16 @@ log = get_logger("ccserver.server")
 TIMER_PERIOD_SECONDS_MAX = 0.25  # the longest a depletion can wait for the timer to notice
 SHUTDOWN_GRACE_SECONDS = 10.0
 
-# Front ends that later issues plug in: each is started with the Api and must call
-# task_status.started() once listening.
+# Protocol front ends: each is started with the Api and the shutdown event, calls
+# task_status.started() once listening, and returns once `shutdown` is set and its requests in
+# flight are answered.
 FrontEnd = Callable[..., Awaitable[None]]
-FRONT_ENDS: list[FrontEnd] = []
+
+
+def front_ends() -> list[FrontEnd]:
+    from ccserver.radius.server import radius_server
+
+    return [radius_server]
 
 
 async def engine_timer(api: Api) -> None:
@@ -50,19 +56,6 @@ async def engine_timer(api: Api) -> None:
         if events:
             api.send_disconnects(events)
         ACTIVE_CALLS.set(len(engine.sessions))
-
-
-async def log_disconnects(api: Api) -> None:
-    """Until a protocol front end takes the disconnect requests, record each one."""
-    async for event in api.disconnect_receive:
-        log.warning(
-            "disconnect_requested",
-            session=event.session_id,
-            nas=event.nas,
-            reason=event.reason,
-            level=event.account_number,
-            sent=False,
-        )
 
 
 async def serve_http(
@@ -129,16 +122,14 @@ async def serve(config: Config, *, demo: bool = False) -> int:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as front:
                     front.start_soon(engine_timer, api)
-                    if not FRONT_ENDS:
-                        front.start_soon(log_disconnects, api)
-                    for front_end in FRONT_ENDS:
+                    for front_end in front_ends():
                         await front.start(front_end, api, shutdown)
                     await front.start(serve_http, api, shutdown)
                     api.ready = True
                     if demo:
                         from ccserver.demo import instructions
 
-                        print(instructions(config, demo_token, bool(FRONT_ENDS)), flush=True)
+                        print(instructions(config, demo_token, radius=True), flush=True)
                     log.info("ready", admin_api=config.admin_api.listen)
                     async for signum in signals:
                         log.info("shutting_down", signal=signal.Signals(signum).name)
@@ -147,7 +138,7 @@ async def serve(config: Config, *, demo: bool = False) -> int:
                     shutdown.set()
                     # Listeners stop accepting and finish what is in flight; then the timers go.
                     with trio.move_on_after(SHUTDOWN_GRACE_SECONDS + 1):
-                        while front.child_tasks and any(
+                        while any(
                             t.name.endswith(("serve_http", "radius_server", "diameter_server"))
                             for t in front.child_tasks
                         ):

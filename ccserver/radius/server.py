@@ -1,0 +1,476 @@
+"""RADIUS authentication and accounting over trio UDP sockets.
+
+Each socket drains every readable datagram per wake-up. An Access-Request is answered at once (the
+engine is synchronous); an Accounting-Request is answered only after its ledger write commits, so
+accounting runs in a bounded set of tasks per socket: when the set is full the socket is not read
+and the NAS's retransmissions wait in the kernel buffer (backpressure, nothing dropped silently).
+Known clients only; Message-Authenticator is verified before anything else; retransmissions get
+the cached reply (RFC 5080) and are never processed twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ccserver.actors.messages import (
+    AccountingRequest,
+    CallRequest,
+    Chap,
+    Credential,
+    Grant,
+    Pap,
+    Reject,
+    RejectReason,
+    StopResult,
+)
+from ccserver.admin_api.app import Api
+from ccserver.admin_api.nas_clients import NasClient, nas_table
+from ccserver.config import split_host_port
+from ccserver.ledger.writer import LedgerWrite, OpenSession
+from ccserver.money import format_money
+from ccserver.observability import DROPPED_PACKETS, REQUEST_SECONDS, REQUESTS, get_logger
+from ccserver.radius import codec
+from ccserver.radius.codec import Code, Packet, RadiusError
+
+log = get_logger("ccserver.radius")
+
+DATAGRAM_BYTES_MAX = 4096
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+ACCOUNTING_INFLIGHT_MAX = 2_000
+DUPLICATE_CACHE_MAX = 200_000
+DUPLICATE_TTL_SECONDS = 30.0  # RFC 5080 suggests keeping replies for a few retransmissions
+
+RETURN_CODES = {
+    RejectReason.UNKNOWN_ACCOUNT: 1,
+    RejectReason.BAD_CREDENTIALS: 2,
+    RejectReason.CONCURRENCY_LIMIT: 3,
+    RejectReason.INSUFFICIENT_FUNDS: 4,
+    RejectReason.EXPIRED: 5,
+    RejectReason.SUSPENDED: 7,
+    RejectReason.CPS_LIMIT: 8,
+    RejectReason.BLOCKED_DESTINATION: 9,
+    RejectReason.NO_RATE: 9,
+    RejectReason.CLI_REJECTED: 7,
+}
+STATUS_START, STATUS_STOP, STATUS_INTERIM = 1, 2, 3
+STATUS_ACCOUNTING_ON, STATUS_ACCOUNTING_OFF = 7, 8
+_IN_PROGRESS = b""
+
+
+class DuplicateCache:
+    """Replies by (source, identifier, request authenticator), kept for a while (RFC 5080)."""
+
+    def __init__(self, size_max: int = DUPLICATE_CACHE_MAX, ttl: float = DUPLICATE_TTL_SECONDS):
+        self._entries: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
+        self._size_max = size_max
+        self._ttl = ttl
+
+    def get(self, key: tuple[Any, ...], now: float) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < now:
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[Any, ...], reply: bytes, now: float) -> None:
+        self._entries[key] = (now + self._ttl, reply)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size_max:
+            self._entries.popitem(last=False)
+
+    def forget(self, key: tuple[Any, ...]) -> None:
+        self._entries.pop(key, None)
+
+
+class UdpEndpoint:
+    """A non-blocking UDP socket driven by trio: drain on readable, wait when the send buffer is
+    full."""
+
+    def __init__(self, listen: str) -> None:
+        host, port = split_host_port(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            # The kernel may cap the size; the default still works.
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        self.sock.setblocking(False)
+        self.sock.bind((host, port))
+        self.address = self.sock.getsockname()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def send(self, data: bytes, address: Any) -> None:
+        while True:
+            try:
+                self.sock.sendto(data, address)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+            except OSError as error:
+                if error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    DROPPED_PACKETS.labels("send_failed").inc()
+                    return
+                raise
+
+    def drain(self) -> list[tuple[bytes, Any]]:
+        received: list[tuple[bytes, Any]] = []
+        while len(received) < 1024:
+            try:
+                received.append(self.sock.recvfrom(DATAGRAM_BYTES_MAX))
+            except BlockingIOError:
+                break
+            except OSError:
+                # An ICMP error queued from an earlier send; nothing to read for it.
+                continue
+        return received
+
+
+def _credential(packet: Packet, secret: bytes) -> Credential | None:
+    if packet.has("User-Password"):
+        return Pap(codec.decrypt_password(packet, secret).decode("utf-8", "replace"))
+    chap = codec.chap(packet)
+    if chap is not None:
+        ident, challenge, response = chap
+        return Chap(ident, challenge, response)
+    return None
+
+
+def _text(packet: Packet, name: str) -> str:
+    value = packet.get(name)
+    return value if isinstance(value, str) else ""
+
+
+class RadiusService:
+    """Both RADIUS sockets and their handlers, over the Api's engine and ledger."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.engine = api.engine
+        self.nas = nas_table(api)
+        self.require_message_authenticator = api.config.radius.require_message_authenticator
+        self.duplicates = DuplicateCache()
+        # Where each client was last heard from: a Disconnect-Request goes there.
+        self.last_address: dict[str, str] = {}
+        self.read_scopes: list[trio.CancelScope] = []
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _admit(self, data: bytes, address: Any, kind: str) -> tuple[NasClient, Packet] | None:
+        """Known client, well-formed, authenticated: or dropped and counted."""
+        client = self.nas.find(address[0])
+        if client is None:
+            DROPPED_PACKETS.labels("unknown_client").inc()
+            return None
+        try:
+            packet = codec.decode(data)
+            expected = Code.ACCESS_REQUEST if kind == "auth" else Code.ACCOUNTING_REQUEST
+            if packet.code != expected:
+                raise RadiusError("malformed", f"code {packet.code} on the {kind} port")
+            codec.verify_request(
+                packet,
+                client.secret,
+                require_message_authenticator=(
+                    self.require_message_authenticator and client.require_message_authenticator
+                ),
+            )
+        except RadiusError as error:
+            DROPPED_PACKETS.labels(error.reason).inc()
+            return None
+        self.last_address[client.name] = address[0]
+        return client, packet
+
+    async def serve(
+        self,
+        endpoint: UdpEndpoint,
+        kind: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        handle: Callable[..., Any] = self._auth if kind == "auth" else self._acct
+        slots = trio.CapacityLimiter(ACCOUNTING_INFLIGHT_MAX)
+        reading = trio.CancelScope()
+        self.read_scopes.append(reading)
+        try:
+            # Accounting tasks live in this nursery: after reading stops, it waits for each of
+            # them to commit and answer.
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                with reading:
+                    while True:
+                        await trio.lowlevel.wait_readable(endpoint.sock)
+                        for data, address in endpoint.drain():
+                            try:
+                                if kind == "auth":
+                                    reply = handle(data, address)
+                                    if reply is not None:
+                                        await endpoint.send(reply, address)
+                                else:
+                                    # Wait for a free slot rather than read more than we hold.
+                                    await slots.acquire_on_behalf_of((*address, data))
+                                    nursery.start_soon(
+                                        self._acct_task, endpoint, slots, data, address
+                                    )
+                            except Exception:
+                                # A bug in one request must not take the socket down.
+                                log.exception("radius_request_failed", kind=kind)
+                                DROPPED_PACKETS.labels("internal_error").inc()
+        finally:
+            endpoint.close()
+
+    def stop_reading(self) -> None:
+        for scope in self.read_scopes:
+            scope.cancel()
+
+    async def _acct_task(
+        self, endpoint: UdpEndpoint, slots: trio.CapacityLimiter, data: bytes, address: Any
+    ) -> None:
+        try:
+            reply = await self._acct(data, address)
+            if reply is not None:
+                await endpoint.send(reply, address)
+        except Exception:
+            log.exception("radius_request_failed", kind="acct")
+            DROPPED_PACKETS.labels("internal_error").inc()
+        finally:
+            slots.release_on_behalf_of((*address, data))
+
+    # -- Access-Request ------------------------------------------------------------------------
+
+    def _auth(self, data: bytes, address: Any) -> bytes | None:
+        started = time.perf_counter()
+        admitted = self._admit(data, address, "auth")
+        if admitted is None:
+            return None
+        client, packet = admitted
+        key = (address, packet.identifier, packet.authenticator)
+        now = time.monotonic()
+        cached = self.duplicates.get(key, now)
+        if cached is not None:
+            REQUESTS.labels("radius", "access", "duplicate").inc()
+            return cached or None
+        called = packet.get("Called-Station-Id")
+        session_id = packet.get("Acct-Session-Id")
+        request = CallRequest(
+            nas=client.name,
+            username=_text(packet, "User-Name"),
+            called=called if isinstance(called, str) and called else None,
+            calling=_text(packet, "Calling-Station-Id"),
+            credential=_credential(packet, client.secret),
+            source_ip=(packet.get("Framed-IP-Address") or None),  # type: ignore[arg-type]
+            session_id=session_id if isinstance(session_id, str) and session_id else None,
+        )
+        result = self.engine.authorize(request)
+        if isinstance(result, Grant):
+            attributes: list[tuple[str, object]] = []
+            if result.seconds is not None:
+                attributes.append(("Session-Timeout", result.seconds))
+                attributes.append(("h323-credit-time", str(result.seconds)))
+            attributes += [
+                ("h323-credit-amount", format_money(max(result.available_micros, 0), 2)),
+                ("h323-currency", result.currency),
+                ("h323-billing-model", "1" if result.prepaid else "0"),
+                ("h323-return-code", "0"),
+            ]
+            reply = codec.encode_reply(Code.ACCESS_ACCEPT, packet, attributes, client.secret)
+            outcome = "accept"
+        else:
+            detail = f" {result.account_number}" if result.account_number else ""
+            attributes = [
+                (
+                    "Reply-Message",
+                    f"{result.reason.value}{detail}{' ' if result.detail else ''}{result.detail}",
+                ),
+                ("h323-return-code", str(RETURN_CODES[result.reason])),
+            ]
+            reply = codec.encode_reply(Code.ACCESS_REJECT, packet, attributes, client.secret)
+            outcome = result.reason.value
+            log.info(
+                "call_rejected",
+                reason=result.reason.value,
+                level=result.account_number,
+                nas=client.name,
+                user=request.username,
+                called=request.called,
+                session=request.session_id,
+            )
+        self.duplicates.put(key, reply, now)
+        REQUESTS.labels("radius", "access", outcome).inc()
+        REQUEST_SECONDS.labels("radius", "access").observe(time.perf_counter() - started)
+        return reply
+
+    # -- Accounting-Request --------------------------------------------------------------------
+
+    async def _acct(self, data: bytes, address: Any) -> bytes | None:
+        started = time.perf_counter()
+        admitted = self._admit(data, address, "acct")
+        if admitted is None:
+            return None
+        client, packet = admitted
+        key = (address, packet.identifier, packet.authenticator)
+        now = time.monotonic()
+        cached = self.duplicates.get(key, now)
+        if cached is not None:
+            # Still being committed (empty marker): the first copy will answer.
+            REQUESTS.labels("radius", "accounting", "duplicate").inc()
+            return cached or None
+        self.duplicates.put(key, _IN_PROGRESS, now)
+        status = packet.get("Acct-Status-Type")
+        try:
+            if status in (STATUS_ACCOUNTING_ON, STATUS_ACCOUNTING_OFF):
+                outcome = await self._nas_restarted(client)
+                kind = "accounting_on_off"
+            else:
+                kind = {STATUS_START: "start", STATUS_STOP: "stop", STATUS_INTERIM: "interim"}.get(
+                    status if isinstance(status, int) else -1, "unknown"
+                )
+                outcome = await self._call_accounting(client, packet, kind)
+        except BaseException:
+            self.duplicates.forget(key)  # not answered: a retransmission may try again
+            raise
+        reply = codec.encode_reply(Code.ACCOUNTING_RESPONSE, packet, [], client.secret)
+        self.duplicates.put(key, reply, time.monotonic())
+        REQUESTS.labels("radius", kind, outcome).inc()
+        REQUEST_SECONDS.labels("radius", kind).observe(time.perf_counter() - started)
+        return reply
+
+    def _accounting_request(self, client: NasClient, packet: Packet) -> AccountingRequest:
+        seconds = packet.get("Acct-Session-Time")
+        cause = packet.cisco("h323-disconnect-cause") or ""
+        if not cause:
+            terminate = packet.get("Acct-Terminate-Cause")
+            cause = str(terminate) if terminate is not None else ""
+        return AccountingRequest(
+            nas=client.name,
+            session_id=_text(packet, "Acct-Session-Id"),
+            username=_text(packet, "User-Name"),
+            called=_text(packet, "Called-Station-Id"),
+            calling=_text(packet, "Calling-Station-Id"),
+            source_ip=(packet.get("Framed-IP-Address") or None),  # type: ignore[arg-type]
+            duration_seconds=seconds if isinstance(seconds, int) and seconds > 0 else 0,
+            disconnect_cause=cause,
+        )
+
+    async def _call_accounting(self, client: NasClient, packet: Packet, kind: str) -> str:
+        request = self._accounting_request(client, packet)
+        if not request.session_id:
+            return "no_session_id"
+        engine = self.engine
+        if kind == "stop":
+            result = engine.stop(request)
+            if isinstance(result, Reject):
+                log.warning(
+                    "stop_not_charged",
+                    reason=result.reason.value,
+                    session=request.session_id,
+                    nas=client.name,
+                    user=request.username,
+                )
+                return result.reason.value
+            applied = await self.api.commit(
+                LedgerWrite(
+                    transfers=result.transfers,
+                    cdr=result.cdr,
+                    close_session=(client.name, request.session_id),
+                )
+            )
+            if not applied and not result.duplicate:
+                # Committed before this process started (a Stop retransmitted across a restart):
+                # the ledger is right; the engine charged it again in memory, so give it back.
+                engine.revert(result.transfers)
+                return "duplicate"
+            return "duplicate" if result.duplicate else "ok"
+        known = (request.nas, request.session_id) in engine.sessions
+        if kind == "start":
+            session = engine.start(request)
+        elif kind == "interim":
+            session = engine.update(request)
+        else:
+            return "unknown_status"
+        if isinstance(session, Reject):
+            log.warning(
+                "accounting_not_tracked",
+                reason=session.reason.value,
+                kind=kind,
+                session=request.session_id,
+                nas=client.name,
+            )
+            return session.reason.value
+        if known and kind == "interim":
+            return "ok"
+        await self.api.commit(
+            LedgerWrite(
+                open_session=OpenSession(
+                    nas=client.name,
+                    session_id=request.session_id,
+                    account_id=session.account.id,
+                    username=session.username,
+                    calling=session.calling,
+                    called=session.called,
+                    started_at=session.start_ms / 1000,
+                    authorized=session.authorized,
+                )
+            )
+        )
+        return "ok"
+
+    async def _nas_restarted(self, client: NasClient) -> str:
+        """Accounting-On/Off: every open call of that NAS is over; charge what was used."""
+        results: list[StopResult] = self.engine.end_all(client.name)
+        for result in results:
+            await self.api.commit(
+                LedgerWrite(
+                    transfers=result.transfers,
+                    cdr=result.cdr,
+                    close_session=(client.name, result.cdr.session_id),
+                )
+            )
+        log.info("nas_restarted", nas=client.name, calls_ended=len(results))
+        return "ok"
+
+
+async def radius_server(
+    api: Api,
+    shutdown: trio.Event,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Both sockets and the Disconnect-Request client, until `shutdown`."""
+    from ccserver.radius.coa import DisconnectClient
+
+    service = RadiusService(api)
+    auth = UdpEndpoint(api.config.radius.auth_listen)
+    acct = UdpEndpoint(api.config.radius.acct_listen)
+    api.radius = service  # type: ignore[attr-defined]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve, auth, "auth")
+        await nursery.start(service.serve, acct, "acct")
+        disconnects = DisconnectClient(api, service)
+        coa_scope = trio.CancelScope()
+        nursery.start_soon(_run_in_scope, disconnects.run, coa_scope)
+        log.info(
+            "radius_listening",
+            auth=api.config.radius.auth_listen,
+            acct=api.config.radius.acct_listen,
+        )
+        task_status.started()
+        await shutdown.wait()
+        # New datagrams are no longer read; accounting in flight commits and is answered.
+        service.stop_reading()
+        coa_scope.cancel()
+
+
+async def _run_in_scope(fn: Callable[[], Any], scope: trio.CancelScope) -> None:
+    with scope:
+        await fn()
