@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +64,11 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     if url:
         server = PostgresServer(url, lambda name: _dsn_with_database(url, name), None)
     else:
-        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+        # Not under pytest's basetemp: the server runs as another user (when tests run as
+        # root), and pytest resets basetemp's permissions when another session starts.
+        directory = Path(tempfile.mkdtemp(prefix="ccserver-test-pg-"))
+        directory.chmod(0o755)
+        embedded = EmbeddedPostgres(directory)
         embedded.start()
         server = PostgresServer(embedded.admin_dsn(), embedded.dsn, embedded)
     server.run(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
@@ -79,6 +85,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     yield server
     if embedded is not None:
         embedded.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -106,8 +106,19 @@ class Bridge:
 
         async def on_loop() -> T:
             pool = await self._ensure_pool()
-            async with pool.acquire() as connection:
-                return await fn(connection, *args)
+            connection = await pool.acquire()
+            try:
+                result = await fn(connection, *args)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await pool.release(connection)
+                raise
+            # `fn` succeeded (its transaction, if any, is committed): a connection that breaks on
+            # its way back to the pool (the server shutting down just after COMMIT) must not turn
+            # that success into an error. asyncpg terminates it; the next acquire reconnects.
+            with contextlib.suppress(Exception):
+                await pool.release(connection)
+            return result
 
         async with self._slots:
             return await self._submit(on_loop)

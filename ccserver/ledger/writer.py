@@ -78,6 +78,9 @@ _TRANSIENT = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # "cannot switch to state ...; another operation is in progress": the server ended the
+    # session (shutdown, pg_terminate_backend) while the connection sat in the pool.
+    asyncpg.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     # Two batches in flight replaying the same keys in different orders may deadlock; retrying
@@ -174,8 +177,9 @@ class Writer:
         self._depth -= len(batch)
         LEDGER_QUEUE_DEPTH.set(self._depth)
 
-    async def _commit_with_retry(self, batch: list[_Waiter]) -> None:
-        batch_id = random.getrandbits(62) + 1
+    async def _commit_with_retry(self, batch: list[_Waiter], batch_id: int = 0) -> None:
+        # Kept when a batch is split below: an earlier attempt may have committed it.
+        batch_id = batch_id or random.getrandbits(62) + 1
         delay = 0.05
         while True:
             try:
@@ -190,7 +194,7 @@ class Writer:
                 if len(batch) > 1:
                     # One bad write must not sink the others: commit them one by one.
                     for waiter in batch:
-                        await self._commit_with_retry([waiter])
+                        await self._commit_with_retry([waiter], batch_id)
                     return
                 log.error("ledger_write_refused", error=repr(error))
                 batch[0].error = error
