@@ -30,11 +30,19 @@ def money_out(micros: int) -> str:
     return format_money(micros, MONEY_DECIMALS)
 
 
+# One amount the API takes (a top-up, a balance, a credit limit) is at most a billion units:
+# far above any real payment, and low enough that a full batch of them cannot overflow the
+# ledger's bigint sums.
+AMOUNT_MICROS_MAX = 10**15
+
+
 def money_in(field: str, text: str, *, positive: bool = False, signed: bool = False) -> int:
     try:
         micros = parse_money(text)
     except MoneyError as error:
         raise field_error(field, str(error)) from None
+    if abs(micros) > AMOUNT_MICROS_MAX:
+        raise field_error(field, "must be at most 1000000000 in absolute value")
     if positive and micros <= 0:
         raise field_error(field, "must be greater than 0")
     if not signed and not positive and micros < 0:

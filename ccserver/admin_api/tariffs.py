@@ -390,11 +390,16 @@ async def change_group(api: Api, call: Call) -> RateGroupView:
 
 # -- rates ----------------------------------------------------------------------------------------
 
-_MONEY_MESSAGE = "must be a decimal amount, not negative, at most 6 decimals"
+_MONEY_MESSAGE = "must be a decimal amount from 0 to 1000, at most 6 decimals"
 _SECONDS_MESSAGE = "must be a whole number of seconds"
 _INVALID = -1  # a cached parse that failed: every valid amount and count is >= 0
 
 Problems = list[tuple[str, str]]  # (column, message) of one rate
+
+
+# A rate's connect fee and per-minute price are at most 1,000 units: no real tariff comes near,
+# and with it the longest call RADIUS can report (2^32 s) still costs less than a bigint holds.
+RATE_MICROS_MAX = 1_000_000_000
 
 
 class _RateChecker:
@@ -415,7 +420,7 @@ class _RateChecker:
                 micros = parse_money(text)
             except MoneyError:
                 micros = _INVALID
-            if micros < 0:
+            if micros < 0 or micros > RATE_MICROS_MAX:
                 micros = _INVALID
             if len(self._micros) < CACHED_TEXTS_MAX:
                 self._micros[text] = micros
