@@ -331,3 +331,85 @@ def test_garbage_at_the_live_socket_is_counted_and_service_goes_on(
     assert auth.auth("c1", "pw-c1").code == Code.ACCESS_ACCEPT
     dropped = metric(server, "ccserver_dropped_packets_total")
     assert dropped >= 400
+
+
+def test_tshark_judges_a_captured_call(server: Server, api: httpx.Client, tmp_path: Any) -> None:
+    """A live capture on loopback of a whole call: no malformed packet, good authenticators."""
+    import shutil
+    import subprocess
+
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark is not installed and could not be (apt-get install tshark)")
+    setup_operator(api)
+    pcap = tmp_path / "call.pcap"
+    ports = f"udp port {server.auth_port} or udp port {server.acct_port}"
+    capture = subprocess.Popen(
+        [tshark, "-i", "lo", "-f", ports, "-w", str(pcap)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert capture.stderr is not None
+        for line in capture.stderr:  # tshark says when it listens
+            if "Capture started" in line:
+                break
+        time.sleep(0.5)
+        auth = RadiusClient(server.auth_port)
+        acct = RadiusClient(server.acct_port)
+        assert auth.auth("c1", "pw-c1", Called_Station_Id="4420", Acct_Session_Id="t1").code == 2
+        assert auth.auth("c1", "wrong", Called_Station_Id="4420").code == Code.ACCESS_REJECT
+        acct.acct("Start", "t1", User_Name="c1", Called_Station_Id="4420")
+        acct.acct("Stop", "t1", User_Name="c1", Called_Station_Id="4420", Acct_Session_Time=5)
+        out = radclient(
+            server, "auth", "User-Name=c2,User-Password=pw-c2,Message-Authenticator=0x00"
+        )
+        assert "Access-Accept" in out
+        auth.close()
+        acct.close()
+        time.sleep(0.5)
+    finally:
+        capture.terminate()
+        capture.wait(10)
+    fields = ("radius.code", "radius.authenticator.valid", "_ws.malformed", "_ws.expert.severity")
+    command = [
+        tshark,
+        "-2",
+        "-r",
+        str(pcap),
+        "-n",
+        "-o",
+        f"radius.shared_secret:{SECRET}",
+        "-o",
+        "radius.validate_authenticator:TRUE",
+        "-d",
+        f"udp.port=={server.auth_port},radius",
+        "-d",
+        f"udp.port=={server.acct_port},radius",
+        "-T",
+        "fields",
+        "-E",
+        "separator=/t",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=|",
+    ]
+    for field in fields:
+        command += ["-e", field]
+    rows = [
+        dict(zip(fields, line.split("\t"), strict=True))
+        for line in subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=60
+        ).stdout.splitlines()
+    ]
+    codes = [int(row["radius.code"]) for row in rows]
+    assert codes.count(1) == 3 and codes.count(2) == 2 and codes.count(3) == 1, codes
+    assert codes.count(4) == 2 and codes.count(5) == 2, codes
+    for row in rows:
+        assert row["_ws.malformed"] == "", row
+        severities = [int(s, 0) for s in row["_ws.expert.severity"].split("|") if s]
+        assert all(s < 0x600000 for s in severities), row
+        if int(row["radius.code"]) != 1:  # every reply and Accounting-Request authenticator
+            assert row["radius.authenticator.valid"] == "1", row

@@ -159,6 +159,7 @@ def _encode_response(route: Route, result: Any) -> Response:
 def _endpoint(api: Api, route: Route) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
+        principal: Principal | None = None
         try:
             if route.auth:
                 principal = api.authenticate(request)
@@ -186,6 +187,15 @@ def _endpoint(api: Api, route: Route) -> Callable[[Request], Awaitable[Response]
         except Exception:
             log.exception("api_error", route=route.name)
             response = problem_response(500, "Internal error", "see the server log")
+        if route.method != "GET" and route.auth:
+            log.info(
+                "admin_mutation",
+                route=route.name,
+                path=request.url.path,
+                principal=principal.name if principal is not None else None,
+                role=principal.role.value if principal is not None else None,
+                status=response.status_code,
+            )
         REQUESTS.labels("http", route.name, str(response.status_code)).inc()
         REQUEST_SECONDS.labels("http", route.name).observe(time.perf_counter() - started)
         return response
