@@ -27,6 +27,8 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python ops/bench/engine_bench.py
+	$(BIN)/python ops/bench/ledger_bench.py
+	$(BIN)/python ops/bench/radius_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

