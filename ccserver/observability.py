@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,6 +52,22 @@ DISCONNECTS = Counter(
 DROPPED_PACKETS = Counter(
     "ccserver_dropped_packets", "Packets dropped, by reason", ["reason"], registry=REGISTRY
 )
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: M, *labels: str) -> M:
+    """`metric.labels(*labels)`, bound once and kept: labels() costs more than the increment.
+
+    For label values from a small fixed set (protocol, request type, outcome, drop reason).
+    """
+    key = (id(metric), labels)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*labels)
+    return found
 
 
 def configure_logging(level: str = "info") -> None:

@@ -28,6 +28,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 NetworkKey = tuple[int, int, int]  # (ip version, network address as int, prefix length)
 
 NAS_CLIENTS_MAX = 10_000  # far beyond any real deployment; a bound on the table and on a scan
+FIND_CACHE_MAX = 65_536  # source addresses whose lookup is remembered
 SECRET_CHARS_MAX = 128
 DEFAULT_COA_PORT = 3799
 LIST_LIMIT_DEFAULT = 100
@@ -94,10 +95,13 @@ def _key(network: Network) -> NetworkKey:
 class NasTable:
     """NAS clients by name and by network; a source address finds its most specific block."""
 
-    __slots__ = ("_by_key", "_by_name", "_lengths", "lock")
+    __slots__ = ("_by_key", "_by_name", "_found", "_lengths", "lock")
 
     def __init__(self) -> None:
         self._by_name: dict[str, NasClient] = {}
+        # find()'s answers by source address text (None included), cleared on every change:
+        # parsing the address and probing the prefixes costs more than the rest of a lookup.
+        self._found: dict[str, NasClient | None] = {}
         self._by_key: dict[NetworkKey, NasClient] = {}
         # Prefix lengths present per IP version, longest first: at most 33 or 129 probes.
         self._lengths: dict[int, tuple[int, ...]] = {4: (), 6: ()}
@@ -129,6 +133,7 @@ class NasTable:
         self._by_name[client.name] = client
         self._by_key[key] = client
         self._relength(key[0])
+        self._found.clear()
 
     def remove(self, name: str) -> NasClient | None:
         client = self._by_name.pop(name, None)
@@ -137,6 +142,7 @@ class NasTable:
             assert self._by_key[key] is client
             del self._by_key[key]
             self._relength(key[0])
+            self._found.clear()
         return client
 
     def replace_all(self, clients: list[NasClient]) -> list[NasClient]:
@@ -148,6 +154,7 @@ class NasTable:
         self._by_name.clear()
         self._by_key.clear()
         self._lengths = {4: (), 6: ()}
+        self._found.clear()
         skipped = []
         for client in clients[:NAS_CLIENTS_MAX]:
             if client.name in self._by_name or _key(client.network) in self._by_key:
@@ -163,6 +170,18 @@ class NasTable:
 
     def find(self, ip: str) -> NasClient | None:
         """The client whose block holds `ip`, the longest prefix winning; None if unknown."""
+        found = self._found
+        try:
+            return found[ip]
+        except KeyError:
+            pass
+        client = self._find(ip)
+        if len(found) >= FIND_CACHE_MAX:
+            found.clear()  # a flood of unknown sources must not grow it without bound
+        found[ip] = client
+        return client
+
+    def _find(self, ip: str) -> NasClient | None:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:

@@ -5,6 +5,10 @@ loop and an asyncpg pool. `await bridge.run(fn, *args)` runs `fn(connection, *ar
 wakes the trio task when it is done; cancelling the trio task cancels the asyncpg call. At most
 `inflight_max` calls are in flight: the rest wait on a trio semaphore (the bound is the
 backpressure).
+
+A connection goes back to the pool reset (advisory locks released, LISTENs and settings undone:
+one more round trip) unless the call says it leaves no session state behind (`reset=False`, the
+ledger writer's single-statement commit); an open transaction is rolled back either way.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -98,13 +103,20 @@ class Bridge:
                 max_size=self._pool_max,
                 timeout=self._connect_timeout,
                 command_timeout=None,
+                reset=_reset_session,
             )
         return self._pool
 
-    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run `fn(connection, *args)` on a pooled connection on the asyncpg loop."""
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any, reset: bool = True) -> T:
+        """Run `fn(connection, *args)` on a pooled connection on the asyncpg loop.
+
+        `reset=False`: `fn` leaves no session state (locks, LISTEN, SET, cursors) behind, so the
+        connection skips the reset round trip on its way back to the pool.
+        """
 
         async def on_loop() -> T:
+            # Read by the pool's reset hook, which runs in this task's context.
+            _SKIP_RESET.set(not reset)
             pool = await self._ensure_pool()
             connection = await pool.acquire()
             try:
@@ -149,6 +161,18 @@ class Bridge:
 def _wake(token: trio.lowlevel.TrioToken, done: trio.Event) -> None:
     with contextlib.suppress(trio.RunFinishedError):
         token.run_sync_soon(done.set)
+
+
+_SKIP_RESET: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_reset", default=False)
+
+
+async def _reset_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset hook (after asyncpg rolled back any open transaction): the default
+    reset query, unless the call that used the connection said there is nothing to reset."""
+    if not _SKIP_RESET.get():
+        query = connection.get_reset_query()
+        if query:
+            await connection.execute(query)
 
 
 async def _terminate_pool(pool: asyncpg.Pool) -> None:

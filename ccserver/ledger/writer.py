@@ -183,7 +183,9 @@ class Writer:
         delay = 0.05
         while True:
             try:
-                outcomes = await self.bridge.run(_commit, batch_id, [w.item for w in batch])
+                outcomes = await self.bridge.run(
+                    _commit, batch_id, [w.item for w in batch], reset=False
+                )
             except Exception as error:
                 if is_transient(error):
                     LEDGER_RETRIES.inc()
@@ -210,98 +212,91 @@ class Writer:
             waiter.done.set()
 
 
+_COMMIT_SQL = (
+    "SELECT ccserver_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+    " $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32,"
+    " $33)"
+)
+
+
 async def _commit(connection: Any, batch_id: int, items: Sequence[LedgerWrite]) -> list[bool]:
-    """Apply a batch in one transaction; return, per item, whether it was applied now."""
+    """Apply a batch in one transaction; return, per item, whether it was applied now.
+
+    One statement, one round trip: `ccserver_commit` (migration 0001) inserts the transfers
+    (ON CONFLICT DO NOTHING), moves the balances, inserts the CDRs, opens and closes sessions,
+    and names the writes something was applied for.
+    """
     # A key seen twice in one batch: the first occurrence is the write, the rest are replays.
-    first_item_of_key: dict[str, int] = {}
-    transfer_rows: list[tuple[Transfer, int]] = []
+    seen_keys: set[str] = set()
+    t_item: list[int] = []
+    t_debit: list[int] = []
+    t_credit: list[int] = []
+    t_amount: list[int] = []
+    t_kind: list[str] = []
+    t_reference: list[str] = []
+    t_key: list[str] = []
+    c_item: list[int] = []
+    cdrs: list[Cdr] = []
+    opened: list[OpenSession] = []
+    closed: list[tuple[str, str]] = []
     for index, item in enumerate(items):
         for transfer in item.transfers:
-            if transfer.idempotency_key not in first_item_of_key:
-                first_item_of_key[transfer.idempotency_key] = index
-                transfer_rows.append((transfer, index))
+            key = transfer.idempotency_key
+            if key not in seen_keys:
+                seen_keys.add(key)
+                t_item.append(index)
+                t_debit.append(ledger_account_id(transfer.debit_account_id, transfer.debit_kind))
+                t_credit.append(ledger_account_id(transfer.credit_account_id, transfer.credit_kind))
+                t_amount.append(transfer.amount_micros)
+                t_kind.append(transfer.kind)
+                t_reference.append(transfer.reference)
+                t_key.append(key)
+        if item.cdr is not None:
+            c_item.append(index)
+            cdrs.append(item.cdr)
+        if item.open_session is not None:
+            opened.append(item.open_session)
+        if item.close_session is not None:
+            closed.append(item.close_session)
+    applied_items = await connection.fetchval(
+        _COMMIT_SQL,
+        batch_id,
+        t_item,
+        t_debit,
+        t_credit,
+        t_amount,
+        t_kind,
+        t_reference,
+        t_key,
+        c_item,
+        [c.nas for c in cdrs],
+        [c.session_id for c in cdrs],
+        [c.account_id for c in cdrs],
+        [",".join(str(level.account_id) for level in c.levels) for c in cdrs],
+        [c.calling for c in cdrs],
+        [c.called for c in cdrs],
+        [c.start_time for c in cdrs],
+        [c.stop_time for c in cdrs],
+        [c.duration_seconds for c in cdrs],
+        [c.billable_seconds for c in cdrs],
+        [c.cost_micros for c in cdrs],
+        [json.dumps([msgspec.to_builtins(level) for level in c.levels]) for c in cdrs],
+        [c.disconnect_cause for c in cdrs],
+        [c.authorized for c in cdrs],
+        [s.nas for s in opened],
+        [s.session_id for s in opened],
+        [s.account_id for s in opened],
+        [s.username for s in opened],
+        [s.calling for s in opened],
+        [s.called for s in opened],
+        [s.started_at for s in opened],
+        [s.authorized for s in opened],
+        [nas for nas, _ in closed],
+        [sid for _, sid in closed],
+    )
     applied = [not item.transfers for item in items]
-    async with connection.transaction():
-        if transfer_rows:
-            rows = await connection.fetch(
-                """INSERT INTO transfers (debit_account_id, credit_account_id, amount_micros, kind,
-                                          reference, idempotency_key, batch_id)
-                   SELECT d, c, a, k, r, i, $7
-                   FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                               $6::text[]) AS t(d, c, a, k, r, i)
-                   ON CONFLICT (idempotency_key) DO NOTHING
-                   RETURNING idempotency_key, debit_account_id, credit_account_id, amount_micros""",
-                [ledger_account_id(t.debit_account_id, t.debit_kind) for t, _ in transfer_rows],
-                [ledger_account_id(t.credit_account_id, t.credit_kind) for t, _ in transfer_rows],
-                [t.amount_micros for t, _ in transfer_rows],
-                [t.kind for t, _ in transfer_rows],
-                [t.reference for t, _ in transfer_rows],
-                [t.idempotency_key for t, _ in transfer_rows],
-                batch_id,
-            )
-            deltas: dict[int, int] = {}
-            inserted = set()
-            for row in rows:
-                inserted.add(row["idempotency_key"])
-                amount = row["amount_micros"]
-                deltas[row["debit_account_id"]] = deltas.get(row["debit_account_id"], 0) - amount
-                deltas[row["credit_account_id"]] = deltas.get(row["credit_account_id"], 0) + amount
-            if len(inserted) < len(transfer_rows):
-                # Keys already present: ours if an earlier attempt of this very batch committed
-                # (the connection died after COMMIT, before we heard), else a genuine replay.
-                conflicts = [
-                    t.idempotency_key for t, _ in transfer_rows if t.idempotency_key not in inserted
-                ]
-                mine = await connection.fetch(
-                    """SELECT idempotency_key FROM transfers
-                       WHERE idempotency_key = ANY($1) AND batch_id = $2""",
-                    conflicts,
-                    batch_id,
-                )
-                inserted.update(row["idempotency_key"] for row in mine)
-            if deltas:
-                ids = sorted(deltas)
-                await connection.execute(
-                    """INSERT INTO balances (ledger_account_id, balance_micros)
-                       SELECT * FROM unnest($1::bigint[], $2::bigint[])
-                       ON CONFLICT (ledger_account_id)
-                       DO UPDATE SET
-                           balance_micros = balances.balance_micros + EXCLUDED.balance_micros""",
-                    ids,
-                    [deltas[i] for i in ids],
-                )
-            for transfer, index in transfer_rows:
-                if transfer.idempotency_key in inserted:
-                    applied[index] = True
-        cdrs = [(index, item.cdr) for index, item in enumerate(items) if item.cdr is not None]
-        if cdrs:
-            await _insert_cdrs(connection, cdrs, applied)
-        opened = [item.open_session for item in items if item.open_session is not None]
-        if opened:
-            await connection.execute(
-                """INSERT INTO sessions (nas, session_id, account_id, username, calling, called,
-                                         started_at, authorized)
-                   SELECT n, s, a, u, cg, cd, to_timestamp(t), z
-                   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                               $6::text[], $7::float8[], $8::bool[]) AS x(n, s, a, u, cg, cd, t, z)
-                   ON CONFLICT (nas, session_id) DO NOTHING""",
-                [s.nas for s in opened],
-                [s.session_id for s in opened],
-                [s.account_id for s in opened],
-                [s.username for s in opened],
-                [s.calling for s in opened],
-                [s.called for s in opened],
-                [s.started_at for s in opened],
-                [s.authorized for s in opened],
-            )
-        closed = [item.close_session for item in items if item.close_session is not None]
-        if closed:
-            await connection.execute(
-                """DELETE FROM sessions USING unnest($1::text[], $2::text[]) AS x(n, s)
-                   WHERE sessions.nas = x.n AND sessions.session_id = x.s""",
-                [nas for nas, _ in closed],
-                [sid for _, sid in closed],
-            )
+    for index in applied_items:
+        applied[index] = True
     for index, item in enumerate(items):
         session_only = not item.transfers and item.cdr is None
         if session_only and (item.open_session is not None or item.close_session is not None):
@@ -309,40 +304,6 @@ async def _commit(connection: Any, batch_id: int, items: Sequence[LedgerWrite]) 
     return applied
 
 
-async def _insert_cdrs(connection: Any, cdrs: list[tuple[int, Cdr]], applied: list[bool]) -> None:
-    rows = await connection.fetch(
-        """INSERT INTO cdrs (nas, session_id, account_id, level_account_ids, calling, called,
-                             start_time, stop_time, duration_seconds, billable_seconds, cost_micros,
-                             levels, disconnect_cause, authorized)
-           SELECT n, s, a, string_to_array(l, ',')::bigint[], cg, cd, to_timestamp(st),
-                  to_timestamp(et), d, b, c, j::jsonb, dc, z
-           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                       $7::float8[], $8::float8[], $9::int[], $10::int[], $11::bigint[],
-                       $12::text[], $13::text[], $14::bool[])
-                AS x(n, s, a, l, cg, cd, st, et, d, b, c, j, dc, z)
-           ON CONFLICT (nas, session_id) DO NOTHING
-           RETURNING nas, session_id""",
-        [c.nas for _, c in cdrs],
-        [c.session_id for _, c in cdrs],
-        [c.account_id for _, c in cdrs],
-        [",".join(str(level.account_id) for level in c.levels) for _, c in cdrs],
-        [c.calling for _, c in cdrs],
-        [c.called for _, c in cdrs],
-        [c.start_time for _, c in cdrs],
-        [c.stop_time for _, c in cdrs],
-        [c.duration_seconds for _, c in cdrs],
-        [c.billable_seconds for _, c in cdrs],
-        [c.cost_micros for _, c in cdrs],
-        [json.dumps([msgspec.to_builtins(level) for level in c.levels]) for _, c in cdrs],
-        [c.disconnect_cause for _, c in cdrs],
-        [c.authorized for _, c in cdrs],
-    )
-    new = {(row["nas"], row["session_id"]) for row in rows}
-    for index, cdr in cdrs:
-        if (cdr.nas, cdr.session_id) in new:
-            applied[index] = True
-
-
 async def commit_now(bridge: Bridge, items: Sequence[LedgerWrite]) -> list[bool]:
     """Commit writes in one transaction without the queue (seeding before the writer runs)."""
-    return await bridge.run(_commit, random.getrandbits(62) + 1, list(items))
+    return await bridge.run(_commit, random.getrandbits(62) + 1, list(items), reset=False)

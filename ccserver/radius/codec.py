@@ -46,6 +46,7 @@ MAX_PASSWORD_LENGTH: Final = 128
 # One entry per distinct shared secret (one per NAS client); the bound only guards memory
 # against a misuse such as a secret per request.
 KEYED_SECRETS_MAX: Final = 4096
+ENCODED_CACHE_MAX: Final = 4096  # attribute encodings remembered (see _encode_attribute)
 
 VENDOR_SPECIFIC: Final = 26
 MESSAGE_AUTHENTICATOR: Final = 80
@@ -795,7 +796,26 @@ def _utf8_chunks(data: bytes, size: int) -> Iterator[bytes]:
     yield data
 
 
+_ENCODED: dict[tuple[str, str | int], bytes] = {}
+
+
 def _encode_attribute(name: str, value: object) -> bytes:
+    """One attribute on the wire; a str or int value's encoding is remembered (replies repeat
+    the same currency, return code, billing model and credit time over and over)."""
+    kind = type(value)
+    if kind is not str and kind is not int:
+        return _encode_attribute_now(name, value)
+    key = (name, cast("str | int", value))
+    encoded = _ENCODED.get(key)
+    if encoded is None:
+        encoded = _encode_attribute_now(name, value)
+        if len(_ENCODED) >= ENCODED_CACHE_MAX:
+            _ENCODED.clear()
+        _ENCODED[key] = encoded
+    return encoded
+
+
+def _encode_attribute_now(name: str, value: object) -> bytes:
     attr = ATTRIBUTES[name]
     raw = attr.encode(attr, value)
     size = len(raw)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import struct
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +36,7 @@ from ccserver.admin_api.nas_clients import NasClient, nas_table
 from ccserver.config import split_host_port
 from ccserver.ledger.writer import LedgerWrite, OpenSession
 from ccserver.money import format_money
-from ccserver.observability import DROPPED_PACKETS, REQUEST_SECONDS, REQUESTS, get_logger
+from ccserver.observability import DROPPED_PACKETS, REQUEST_SECONDS, REQUESTS, child, get_logger
 from ccserver.radius import codec
 from ccserver.radius.codec import Code, Packet, RadiusError
 
@@ -62,34 +62,61 @@ RETURN_CODES = {
 }
 STATUS_START, STATUS_STOP, STATUS_INTERIM = 1, 2, 3
 STATUS_ACCOUNTING_ON, STATUS_ACCOUNTING_OFF = 7, 8
+STATUS_KINDS = {STATUS_START: "start", STATUS_STOP: "stop", STATUS_INTERIM: "interim"}
 _IN_PROGRESS = b""
+_EXPIRY = struct.Struct("<d")
+_PORT = struct.Struct(">H")
+
+
+def duplicate_key(address: Any, data: bytes) -> bytes:
+    """(source address, identifier, request authenticator) of a request, as one bytes object."""
+    key: bytes = data[1:2] + data[4:20] + _PORT.pack(address[1]) + address[0].encode()
+    if len(address) > 3 and address[3]:
+        key += b"%" + str(address[3]).encode()  # an IPv6 scope: link-local peers differ by it
+    return key
 
 
 class DuplicateCache:
-    """Replies by (source, identifier, request authenticator), kept for a while (RFC 5080)."""
+    """Replies by duplicate_key(), kept for a while (RFC 5080).
+
+    Two generations of plain dicts from bytes to bytes (the expiry time packed in front of the
+    reply): nothing in them is a container the garbage collector has to walk, and dropping the
+    older generation is O(1). A generation is retired when it holds size_max / 2 entries or is
+    older than the TTL, so at most size_max replies are held; an entry is served until its TTL.
+    """
 
     def __init__(self, size_max: int = DUPLICATE_CACHE_MAX, ttl: float = DUPLICATE_TTL_SECONDS):
-        self._entries: OrderedDict[tuple[Any, ...], tuple[float, bytes]] = OrderedDict()
-        self._size_max = size_max
+        self._current: dict[bytes, bytes] = {}
+        self._previous: dict[bytes, bytes] = {}
+        self._generation_max = max(size_max // 2, 1)
         self._ttl = ttl
+        self._started = -float("inf")
 
-    def get(self, key: tuple[Any, ...], now: float) -> bytes | None:
-        entry = self._entries.get(key)
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    def get(self, key: bytes, now: float) -> bytes | None:
+        entry = self._current.get(key)
         if entry is None:
+            entry = self._previous.get(key)
+            if entry is None:
+                return None
+        if _EXPIRY.unpack_from(entry)[0] < now:
+            self.forget(key)
             return None
-        if entry[0] < now:
-            del self._entries[key]
-            return None
-        return entry[1]
+        return entry[8:]
 
-    def put(self, key: tuple[Any, ...], reply: bytes, now: float) -> None:
-        self._entries[key] = (now + self._ttl, reply)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._size_max:
-            self._entries.popitem(last=False)
+    def put(self, key: bytes, reply: bytes, now: float) -> None:
+        if len(self._current) >= self._generation_max or now - self._started > self._ttl:
+            self._previous = self._current
+            self._current = {}
+            self._started = now
+        self._previous.pop(key, None)
+        self._current[key] = _EXPIRY.pack(now + self._ttl) + reply
 
-    def forget(self, key: tuple[Any, ...]) -> None:
-        self._entries.pop(key, None)
+    def forget(self, key: bytes) -> None:
+        self._current.pop(key, None)
+        self._previous.pop(key, None)
 
 
 class UdpEndpoint:
@@ -112,6 +139,16 @@ class UdpEndpoint:
         self.sock.close()
 
     async def send(self, data: bytes, address: Any) -> None:
+        try:
+            self.sock.sendto(data, address)
+            return
+        except BlockingIOError:
+            pass
+        except OSError as error:
+            if error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                child(DROPPED_PACKETS, "send_failed").inc()
+                return
+            raise
         while True:
             try:
                 self.sock.sendto(data, address)
@@ -120,7 +157,7 @@ class UdpEndpoint:
                 await trio.lowlevel.wait_writable(self.sock)
             except OSError as error:
                 if error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    DROPPED_PACKETS.labels("send_failed").inc()
+                    child(DROPPED_PACKETS, "send_failed").inc()
                     return
                 raise
 
@@ -171,7 +208,7 @@ class RadiusService:
         """Known client, well-formed, authenticated: or dropped and counted."""
         client = self.nas.find(address[0])
         if client is None:
-            DROPPED_PACKETS.labels("unknown_client").inc()
+            child(DROPPED_PACKETS, "unknown_client").inc()
             return None
         try:
             packet = codec.decode(data)
@@ -186,7 +223,7 @@ class RadiusService:
                 ),
             )
         except RadiusError as error:
-            DROPPED_PACKETS.labels(error.reason).inc()
+            child(DROPPED_PACKETS, error.reason).inc()
             return None
         self.last_address[client.name] = address[0]
         return client, packet
@@ -225,7 +262,7 @@ class RadiusService:
                             except Exception:
                                 # A bug in one request must not take the socket down.
                                 log.exception("radius_request_failed", kind=kind)
-                                DROPPED_PACKETS.labels("internal_error").inc()
+                                child(DROPPED_PACKETS, "internal_error").inc()
         finally:
             endpoint.close()
 
@@ -242,7 +279,7 @@ class RadiusService:
                 await endpoint.send(reply, address)
         except Exception:
             log.exception("radius_request_failed", kind="acct")
-            DROPPED_PACKETS.labels("internal_error").inc()
+            child(DROPPED_PACKETS, "internal_error").inc()
         finally:
             slots.release_on_behalf_of((*address, data))
 
@@ -254,11 +291,11 @@ class RadiusService:
         if admitted is None:
             return None
         client, packet = admitted
-        key = (address, packet.identifier, packet.authenticator)
+        key = duplicate_key(address, data)
         now = time.monotonic()
         cached = self.duplicates.get(key, now)
         if cached is not None:
-            REQUESTS.labels("radius", "access", "duplicate").inc()
+            child(REQUESTS, "radius", "access", "duplicate").inc()
             return cached or None
         called = packet.get("Called-Station-Id")
         session_id = packet.get("Acct-Session-Id")
@@ -306,8 +343,8 @@ class RadiusService:
                 session=request.session_id,
             )
         self.duplicates.put(key, reply, now)
-        REQUESTS.labels("radius", "access", outcome).inc()
-        REQUEST_SECONDS.labels("radius", "access").observe(time.perf_counter() - started)
+        child(REQUESTS, "radius", "access", outcome).inc()
+        child(REQUEST_SECONDS, "radius", "access").observe(time.perf_counter() - started)
         return reply
 
     # -- Accounting-Request --------------------------------------------------------------------
@@ -318,12 +355,12 @@ class RadiusService:
         if admitted is None:
             return None
         client, packet = admitted
-        key = (address, packet.identifier, packet.authenticator)
+        key = duplicate_key(address, data)
         now = time.monotonic()
         cached = self.duplicates.get(key, now)
         if cached is not None:
             # Still being committed (empty marker): the first copy will answer.
-            REQUESTS.labels("radius", "accounting", "duplicate").inc()
+            child(REQUESTS, "radius", "accounting", "duplicate").inc()
             return cached or None
         self.duplicates.put(key, _IN_PROGRESS, now)
         status = packet.get("Acct-Status-Type")
@@ -332,17 +369,15 @@ class RadiusService:
                 outcome = await self._nas_restarted(client)
                 kind = "accounting_on_off"
             else:
-                kind = {STATUS_START: "start", STATUS_STOP: "stop", STATUS_INTERIM: "interim"}.get(
-                    status if isinstance(status, int) else -1, "unknown"
-                )
+                kind = STATUS_KINDS.get(status if isinstance(status, int) else -1, "unknown")
                 outcome = await self._call_accounting(client, packet, kind)
         except BaseException:
             self.duplicates.forget(key)  # not answered: a retransmission may try again
             raise
         reply = codec.encode_reply(Code.ACCOUNTING_RESPONSE, packet, [], client.secret)
         self.duplicates.put(key, reply, time.monotonic())
-        REQUESTS.labels("radius", kind, outcome).inc()
-        REQUEST_SECONDS.labels("radius", kind).observe(time.perf_counter() - started)
+        child(REQUESTS, "radius", kind, outcome).inc()
+        child(REQUEST_SECONDS, "radius", kind).observe(time.perf_counter() - started)
         return reply
 
     def _accounting_request(self, client: NasClient, packet: Packet) -> AccountingRequest:

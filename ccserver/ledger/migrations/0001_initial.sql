@@ -156,6 +156,95 @@ CREATE INDEX cdrs_account_time ON cdrs (account_id, start_time);
 CREATE INDEX cdrs_levels ON cdrs USING gin (level_account_ids);
 CREATE INDEX cdrs_time ON cdrs (start_time);
 
+-- The ledger writer's whole batch in one call (one round trip, one transaction). Transfers come
+-- deduplicated by key, each with the index of its write in the batch (t_item); CDRs likewise
+-- (c_item). Returns the indexes of the writes something was applied for: a transfer inserted now
+-- or by an earlier attempt of this very batch (same batch_id: the connection died after COMMIT),
+-- or a CDR inserted now. Balances are updated from the inserted transfers in ascending id order,
+-- so two concurrent batches cannot deadlock on them. Each statement of a plpgsql function takes
+-- its own snapshot (read committed), as separate statements from the client would.
+CREATE FUNCTION ccserver_commit(
+    p_batch_id bigint,
+    t_item integer[], t_debit bigint[], t_credit bigint[], t_amount bigint[], t_kind text[],
+    t_reference text[], t_key text[],
+    c_item integer[], c_nas text[], c_session text[], c_account bigint[], c_levels text[],
+    c_calling text[], c_called text[], c_start float8[], c_stop float8[], c_duration integer[],
+    c_billable integer[], c_cost bigint[], c_levels_json text[], c_cause text[],
+    c_authorized boolean[],
+    o_nas text[], o_session text[], o_account bigint[], o_username text[], o_calling text[],
+    o_called text[], o_started float8[], o_authorized boolean[],
+    x_nas text[], x_session text[]
+) RETURNS integer[] LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    applied integer[] := '{}';
+    inserted bigint;
+    cdr_items integer[];
+BEGIN
+    IF cardinality(t_key) > 0 THEN
+        WITH ins AS (
+            INSERT INTO transfers (debit_account_id, credit_account_id, amount_micros, kind,
+                                   reference, idempotency_key, batch_id)
+            SELECT d, c, a, k, r, i, p_batch_id
+            FROM unnest(t_debit, t_credit, t_amount, t_kind, t_reference, t_key)
+                AS t(d, c, a, k, r, i)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING debit_account_id, credit_account_id, amount_micros
+        ), moved AS (
+            INSERT INTO balances (ledger_account_id, balance_micros)
+            SELECT id, sum(delta)::bigint
+            FROM (SELECT debit_account_id, -amount_micros FROM ins
+                  UNION ALL
+                  SELECT credit_account_id, amount_micros FROM ins) AS m(id, delta)
+            GROUP BY id
+            ORDER BY id
+            ON CONFLICT (ledger_account_id)
+            DO UPDATE SET balance_micros = balances.balance_micros + EXCLUDED.balance_micros
+        )
+        SELECT count(*) INTO inserted FROM ins;
+        IF inserted = cardinality(t_key) THEN
+            applied := t_item;
+        ELSE
+            -- Keys already present: ours if an earlier attempt of this batch committed them.
+            SELECT coalesce(array_agg(t.n), '{}') INTO applied
+            FROM unnest(t_key, t_item) AS t(k, n)
+            JOIN transfers ON transfers.idempotency_key = t.k AND transfers.batch_id = p_batch_id;
+        END IF;
+    END IF;
+    IF cardinality(c_item) > 0 THEN
+        WITH ins AS (
+            INSERT INTO cdrs (nas, session_id, account_id, level_account_ids, calling, called,
+                              start_time, stop_time, duration_seconds, billable_seconds,
+                              cost_micros, levels, disconnect_cause, authorized)
+            SELECT n, s, a, string_to_array(l, ',')::bigint[], cg, cd, to_timestamp(st),
+                   to_timestamp(et), d, b, c, j::jsonb, dc, z
+            FROM unnest(c_nas, c_session, c_account, c_levels, c_calling, c_called, c_start,
+                        c_stop, c_duration, c_billable, c_cost, c_levels_json, c_cause,
+                        c_authorized)
+                AS x(n, s, a, l, cg, cd, st, et, d, b, c, j, dc, z)
+            ON CONFLICT (nas, session_id) DO NOTHING
+            RETURNING nas, session_id
+        )
+        SELECT coalesce(array_agg(x.i), '{}') INTO cdr_items
+        FROM unnest(c_nas, c_session, c_item) AS x(n, s, i)
+        JOIN ins ON ins.nas = x.n AND ins.session_id = x.s;
+        applied := applied || cdr_items;
+    END IF;
+    IF cardinality(o_nas) > 0 THEN
+        INSERT INTO sessions (nas, session_id, account_id, username, calling, called, started_at,
+                              authorized)
+        SELECT n, s, a, u, cg, cd, to_timestamp(t), z
+        FROM unnest(o_nas, o_session, o_account, o_username, o_calling, o_called, o_started,
+                    o_authorized) AS x(n, s, a, u, cg, cd, t, z)
+        ON CONFLICT (nas, session_id) DO NOTHING;
+    END IF;
+    IF cardinality(x_nas) > 0 THEN
+        DELETE FROM sessions USING unnest(x_nas, x_session) AS x(n, s)
+        WHERE sessions.nas = x.n AND sessions.session_id = x.s;
+    END IF;
+    RETURN applied;
+END
+$$;
+
 CREATE TABLE principals (
     id                bigserial PRIMARY KEY,
     name              text NOT NULL,
