@@ -70,6 +70,11 @@ def format_money(micros: int, decimals: int = 4) -> str:
     return f"{sign}{whole}.{fraction:0{decimals}d}"
 
 
+# An enum member read through its class costs a descriptor call (Python 3.11).
+_UP = Rounding.UP
+_DOWN = Rounding.DOWN
+
+
 def round_ratio(numerator: int, denominator: int, precision: int, rounding: Rounding) -> int:
     """Round the exact amount numerator/denominator micro-units to `precision` decimals.
 
@@ -78,12 +83,13 @@ def round_ratio(numerator: int, denominator: int, precision: int, rounding: Roun
     """
     assert denominator > 0
     assert 0 <= precision <= MONEY_DECIMALS_MAX
-    rounding = Rounding(rounding)
+    if rounding.__class__ is not Rounding:
+        rounding = Rounding(rounding)  # a plain string ("up"): validated as before
     step: int = 10 ** (MONEY_DECIMALS_MAX - precision)
     scaled_denominator = denominator * step
-    if rounding is Rounding.UP:
+    if rounding is _UP:
         quotient = -((-numerator) // scaled_denominator)
-    elif rounding is Rounding.DOWN:
+    elif rounding is _DOWN:
         quotient = numerator // scaled_denominator
     else:
         magnitude = (2 * abs(numerator) + scaled_denominator) // (2 * scaled_denominator)

@@ -344,7 +344,9 @@ class Driver:
                 assert {(t.debit_account_id, t.amount_micros) for t in transfers} == expected
         # 2. No level below its floor by more than its allowance.
         for account in self.accounts:
-            if account.balance_micros >= account.floor_micros:
+            # An allowance ends only when the level is back above its floor with no call in
+            # progress: a call already up when another charge lands may still end past it.
+            if account.balance_micros >= account.floor_micros and account.calls == 0:
                 self.allowance[account.id] = 0
             else:
                 event("a level below its floor")

@@ -48,7 +48,22 @@ class CliPolicy(enum.StrEnum):
     LISTED = "listed"  # Calling-Station-Id must be in the account's caller_ids
 
 
+_POSTPAID = Billing.POSTPAID
 PARENT_KINDS = frozenset({AccountKind.OPERATOR, AccountKind.RESELLER})
+
+
+def _floor_of(billing: Billing, credit_limit_micros: int) -> int:
+    return -credit_limit_micros if billing is _POSTPAID else 0
+
+
+# Chains are cached on the accounts; a move anywhere bumps this, which invalidates them all.
+_chain_epoch = 0
+
+
+def invalidate_chains() -> None:
+    """Call after any change of an account's parent (Hierarchy.move)."""
+    global _chain_epoch
+    _chain_epoch += 1
 
 
 class CpsWindow:
@@ -79,12 +94,15 @@ class Account:
     """One account of the hierarchy and its live state."""
 
     __slots__ = (
+        "_billing",
+        "_chain",
+        "_chain_epoch",
+        "_credit_limit_micros",
         "_deadline_version",
         "_young",
         "active_base_micros",
         "active_charges",
         "balance_micros",
-        "billing",
         "blocked",
         "caller_ids",
         "calls",
@@ -92,10 +110,12 @@ class Account:
         "cli_policy",
         "cps",
         "cps_window",
-        "credit_limit_micros",
         "currency",
+        "deadline_margin",
+        "deadline_ms",
         "depth",
         "expires_at",
+        "floor_micros",
         "id",
         "ip_addresses",
         "kind",
@@ -151,8 +171,10 @@ class Account:
         self.depth: int = 0 if parent is None else parent.depth + 1
         self.children = 0
         self.status = status
-        self.billing = billing
-        self.credit_limit_micros = credit_limit_micros
+        self._billing = billing
+        self._credit_limit_micros = credit_limit_micros
+        # Derived from billing and the credit limit, whose setters keep it: never assigned else.
+        self.floor_micros = _floor_of(billing, credit_limit_micros)
         self.balance_micros = balance_micros
         self.currency = currency
         self.rate_group = rate_group
@@ -179,8 +201,16 @@ class Account:
         self.mature_rate_sum = 0
         self.mature_rate_time_sum = 0
         self.young_rate_sum = 0
-        self._young: list[tuple[int, int, LevelCharge]] = []
+        # A heap of (mature_ms, session num, charge); None while the account has no active calls
+        # (most accounts, most of the time: no list per account, nothing for the collector).
+        self._young: list[tuple[int, int, LevelCharge]] | None = None
         self._deadline_version = 0
+        # The depletion deadline the engine has scheduled for this account, if any, and how much
+        # more the account may spend before it (see Engine._reschedule).
+        self.deadline_ms: int | None = None
+        self.deadline_margin = 0
+        self._chain: tuple[Account, ...] = ()
+        self._chain_epoch = -1
         if parent is not None:
             parent.children += 1
 
@@ -189,11 +219,25 @@ class Account:
 
     # -- policy ---------------------------------------------------------------------------------
 
+    # The floor (floor_micros) is read for every level of every call: it is a plain attribute,
+    # kept by the setters of billing and the credit limit.
     @property
-    def floor_micros(self) -> int:
-        if self.billing is Billing.POSTPAID:
-            return -self.credit_limit_micros
-        return 0
+    def billing(self) -> Billing:
+        return self._billing
+
+    @billing.setter
+    def billing(self, billing: Billing) -> None:
+        self._billing = billing
+        self.floor_micros = _floor_of(billing, self._credit_limit_micros)
+
+    @property
+    def credit_limit_micros(self) -> int:
+        return self._credit_limit_micros
+
+    @credit_limit_micros.setter
+    def credit_limit_micros(self, credit_limit_micros: int) -> None:
+        self._credit_limit_micros = credit_limit_micros
+        self.floor_micros = _floor_of(self._billing, credit_limit_micros)
 
     @property
     def is_root(self) -> bool:
@@ -201,12 +245,20 @@ class Account:
 
     def chain(self) -> list[Account]:
         """This account and its ancestors below the operator, nearest first."""
+        return list(self.chain_tuple())
+
+    def chain_tuple(self) -> tuple[Account, ...]:
+        """`chain()` as a tuple, cached until the next move anywhere in the hierarchy."""
+        if self._chain_epoch == _chain_epoch:
+            return self._chain
         levels = []
         node: Account | None = self
         while node is not None and node.parent is not None:
             levels.append(node)
             node = node.parent
-        return levels
+        self._chain = tuple(levels)
+        self._chain_epoch = _chain_epoch
+        return self._chain
 
     def set_blocked_prefixes(self, prefixes: tuple[str, ...]) -> None:
         if not prefixes:
@@ -255,12 +307,27 @@ class Account:
 
     def available_micros(self, now_ms: int) -> int:
         """Funds left for a new call: balance - floor - holds - what active calls used."""
-        return (
+        # balance - floor - pending - exposure_micros(now_ms), inlined: this runs at every level
+        # of every authorization and deadline. The accrual term is skipped when nothing accrues.
+        young = self._young
+        if young and young[0][0] <= now_ms:
+            self._mature_until(now_ms)
+        available = (
             self.balance_micros
             - self.floor_micros
             - self.pending_hold_micros
-            - self.exposure_micros(now_ms)
+            - self.active_base_micros
         )
+        rate_sum = self.mature_rate_sum
+        if rate_sum or self.mature_rate_time_sum:
+            # minus the accrual rounded up
+            available += (self.mature_rate_time_sum - rate_sum * now_ms) // EXPOSURE_DENOMINATOR
+        return available
+
+    def _mature_until(self, now_ms: int) -> None:
+        young = self._young
+        while young and young[0][0] <= now_ms:
+            self._mature(heapq.heappop(young)[2])
 
     def _mature(self, charge: LevelCharge) -> None:
         if charge.accrual_state != 1:
@@ -280,9 +347,14 @@ class Account:
             if charge.mature_ms <= now_ms:
                 self._mature(charge)
             else:
-                heapq.heappush(self._young, (charge.mature_ms, charge.session_id_num, charge))
-                if len(self._young) > 2 * len(self.active_charges) + 64:
-                    self._compact_young()
+                young = self._young
+                entry = (charge.mature_ms, charge.session_id_num, charge)
+                if young is None:
+                    self._young = [entry]
+                else:
+                    heapq.heappush(young, entry)
+                    if len(young) > 2 * len(self.active_charges) + 64:
+                        self._compact_young()
 
     def remove_active(self, charge: LevelCharge) -> None:
         del self.active_charges[charge.session_id_num]
@@ -296,9 +368,38 @@ class Account:
         charge.accrual_state = 3
         assert self.young_rate_sum >= 0 and self.mature_rate_sum >= 0
 
+    def end_active(self, charge: LevelCharge) -> None:
+        """`remove_active` for a call that is over."""
+        # remove_active, inlined (every level of every stop).
+        active = self.active_charges
+        del active[charge.session_id_num]
+        self.active_base_micros -= charge.hold_micros
+        assert self.active_base_micros >= 0
+        state = charge.accrual_state
+        if state == 1:
+            self.young_rate_sum -= charge.rate_factor
+        elif state == 2:
+            self.mature_rate_sum -= charge.rate_factor
+            self.mature_rate_time_sum -= charge.rate_factor * charge.mature_ms
+        charge.accrual_state = 3
+        assert self.young_rate_sum >= 0 and self.mature_rate_sum >= 0
+        if not active:
+            # Every entry left in the heap belongs to an ended call: drop them now rather than
+            # when they come due, so that an account not called again does not keep them. A
+            # fresh dict, too: an emptied one keeps the table it grew.
+            self._young = None
+            self.active_charges = {}
+
     def _compact_young(self) -> None:
-        self._young = [entry for entry in self._young if entry[2].accrual_state == 1]
-        heapq.heapify(self._young)
+        assert self._young is not None
+        young = [entry for entry in self._young if entry[2].accrual_state == 1]
+        heapq.heapify(young)
+        self._young = young
+
+    def funds_and_burn(self, now_ms: int) -> tuple[int, int]:
+        """`(available_micros(now_ms), burn rate)`: the burn rate is the per-second price sum of
+        the active calls, young ones included, as a numerator over EXPOSURE_DENOMINATOR per ms."""
+        return self.available_micros(now_ms), self.mature_rate_sum + self.young_rate_sum
 
     def depletion_ms(self, now_ms: int) -> int | None:
         """The earliest instant the funds may reach the floor (never later than the truth).
@@ -306,10 +407,9 @@ class Account:
         Calls still inside their first increment are assumed to accrue from now, which can only
         bring the instant forward; the engine re-checks exactly when it comes.
         """
-        remaining = self.available_micros(now_ms)
+        remaining, rate_sum = self.funds_and_burn(now_ms)
         if remaining <= 0:
             return now_ms
-        rate_sum = self.mature_rate_sum + self.young_rate_sum
         if rate_sum == 0:
             return None
         # Rounded up, so that at the instant returned the funds are gone (or, with young calls,

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from ccserver.actors.account import Account, CliPolicy, Status
+from ccserver.actors.account import EXPOSURE_DENOMINATOR, Account, CliPolicy, Status
 from ccserver.actors.hierarchy import Hierarchy
 from ccserver.actors.messages import (
     AccountingRequest,
@@ -32,14 +32,29 @@ from ccserver.actors.messages import (
     StopResult,
     Transfer,
 )
-from ccserver.actors.session import LevelCharge, Session, SessionState
-from ccserver.rating.tariff import Rate, RateGroup, billable_seconds
+from ccserver.actors.session import LevelCharge, Session, SessionState, session_id_of
+from ccserver.rating.tariff import Rate, RateGroup
 
 # Personal rates of an account with no rate group are rounded like a default tariff.
 DEFAULT_GROUP = RateGroup(0, "default")
+# Money operations and stops remembered for answering a repeat the same way. A repeated stop older
+# than RECENT_STOPS_MAX stops is not recognised here (it is a retransmission, which comes within
+# seconds); the ledger's idempotency keys still refuse to apply its transfers twice.
 RECENT_KEYS_MAX = 200_000
+RECENT_STOPS_MAX = 50_000
 SESSIONS_MAX = 2_000_000
 DEADLINE_HEAP_SLACK = 1024
+# A depletion further away than this is scheduled half-way instead (Engine._reschedule).
+DEADLINE_HORIZON_MS = 60_000
+_ROUNDING_SLACK = EXPOSURE_DENOMINATOR - 1
+
+# Enum members read through their class cost a descriptor call each (Python 3.11); module
+# globals do not. These are read on every call.
+_ACTIVE = Status.ACTIVE
+_LISTED = CliPolicy.LISTED
+_PENDING = SessionState.PENDING
+_STARTED = SessionState.ACTIVE
+_ENDED = SessionState.ENDED
 
 
 class EngineError(ValueError):
@@ -68,9 +83,12 @@ class Engine:
         self._session_seq = 0
         self._hold_expiries: list[tuple[int, int, Session]] = []
         self._deadlines: list[tuple[int, int, int]] = []  # (deadline_ms, account id, version)
-        self._deadline_live: dict[int, int] = {}  # account id -> its live deadline version
+        # account id -> the version of its deadline in the heap, for the levels with calls up (a
+        # level whose last call ended keeps its deadline parked in Account.deadline_ms)
+        self._deadline_live: dict[int, int] = {}
         # A stop or a money operation seen again answers what it answered the first time.
-        self._recent_stops: OrderedDict[tuple[str, ...], StopResult] = OrderedDict()
+        # A stop is remembered as its CDR and the parent id of its top level (_transfers_of).
+        self._recent_stops: OrderedDict[tuple[str, ...], tuple[Cdr, int]] = OrderedDict()
         self._recent_money: OrderedDict[str, MoneyResult] = OrderedDict()
 
     # -- identification -------------------------------------------------------------------------
@@ -118,20 +136,37 @@ class Engine:
 
     def _admit(
         self, request: CallRequest, now: float
-    ) -> tuple[Account, list[Account], str] | Reject:
-        account, found_by = self._identify(request)
-        if account is None:
-            return Reject(RejectReason.UNKNOWN_ACCOUNT)
-        if found_by in ("number", "sip") and not self._credentials_ok(account, request):
-            return Reject(RejectReason.BAD_CREDENTIALS, account.number)
-        chain = account.chain()
+    ) -> tuple[Account, tuple[Account, ...], str] | Reject:
+        username = request.username
+        # _identify's first and usual case, inlined: an account found by its number.
+        account = self.hierarchy.by_number.get(username) if username else None
+        if account is not None and account.parent is not None:
+            found_by = "number"
+        else:
+            account, found_by = self._identify(request)
+            if account is None:
+                return Reject(RejectReason.UNKNOWN_ACCOUNT)
+        if found_by == "number" or found_by == "sip":
+            credential = request.credential
+            if isinstance(credential, Pap):  # Account.password_matches, inlined
+                secret = credential.password
+                password = account.password
+                pin = account.pin
+                accepted = (password is not None and secret == password) or (
+                    pin is not None and secret == pin
+                )
+            else:
+                accepted = self._credentials_ok(account, request)
+            if not accepted:
+                return Reject(RejectReason.BAD_CREDENTIALS, account.number)
+        chain = account.chain_tuple()
         for level in chain:
-            if level.status is not Status.ACTIVE:
+            if level.status is not _ACTIVE:
                 return Reject(RejectReason.SUSPENDED, level.number)
         for level in chain:
             if level.expires_at is not None and level.expires_at <= now:
                 return Reject(RejectReason.EXPIRED, level.number)
-        if account.cli_policy is CliPolicy.LISTED and request.calling not in account.caller_ids:
+        if account.cli_policy is _LISTED and request.calling not in account.caller_ids:
             return Reject(RejectReason.CLI_REJECTED, account.number)
         return account, chain, found_by
 
@@ -162,87 +197,119 @@ class Engine:
             if level.blocked is not None and level.blocked.longest_match(called) is not None:
                 return Reject(RejectReason.BLOCKED_DESTINATION, level.number)
 
-        # Check every level before touching any: the holds below cannot fail half-way.
-        priced: list[tuple[Account, Rate, RateGroup, int, int | None]] = []
+        # Check every level before touching any: the holds below cannot fail half-way. What is
+        # built here (charges, grants) is only kept if every level admits the call.
+        charges: list[LevelCharge] = []
+        grants: list[LevelGrant] = []
         granted = self.max_call_seconds
+        account_available = 0
+        num = self._session_seq + 1  # the number the session will have
         for level in chain:
-            rate, group = _rate_for(level, called)
+            # Account.lookup_rate and _rate_for, inlined.
+            personal = level.personal_rates
+            rate = personal.longest_match(called) if personal is not None else None
+            group = level.rate_group
+            if rate is None and group is not None:
+                rate = group.index.longest_match(called)
             if rate is None:
                 return Reject(RejectReason.NO_RATE, level.number, called)
+            if group is None:
+                group = DEFAULT_GROUP
             if level.max_concurrent and level.calls >= level.max_concurrent:
                 return Reject(RejectReason.CONCURRENCY_LIMIT, level.number)
             window = level.cps_window
             if window is not None and not window.can_admit(now_ms):
                 return Reject(RejectReason.CPS_LIMIT, level.number)
-            hold = group.first_increment_cost_micros(rate)
-            available = level.available_micros(now_ms)
+            # Account.available_micros, inlined.
+            young = level._young
+            if young and young[0][0] <= now_ms:
+                level._mature_until(now_ms)
+            available = (
+                level.balance_micros
+                - level.floor_micros
+                - level.pending_hold_micros
+                - level.active_base_micros
+            )
+            mature_sum = level.mature_rate_sum
+            if mature_sum or level.mature_rate_time_sum:
+                available += (
+                    level.mature_rate_time_sum - mature_sum * now_ms
+                ) // EXPOSURE_DENOMINATOR
+            priced, seconds = group.quote(rate, available)
+            hold = priced.hold_micros
             if available < hold:
                 return Reject(RejectReason.INSUFFICIENT_FUNDS, level.number)
-            seconds = group.max_seconds(rate, available)
             if seconds is not None and seconds < granted:
                 granted = seconds
-            priced.append((level, rate, group, hold, seconds))
+            if not charges:
+                account_available = available - hold
+            charges.append(LevelCharge(None, num, level, rate, group, hold, priced.factor, priced))
+            grants.append(LevelGrant(level.id, level.number, rate.prefix, hold, seconds))
         assert granted > 0
 
-        key = self._session_key(request)
-        previous = self.sessions.get(key)
+        session_id = request.session_id
+        nas = request.nas
+        # _session_key, inlined.
+        key = (nas, session_id) if session_id is not None else (nas, "", str(num))
+        sessions = self.sessions
+        previous = sessions.get(key)
         if previous is not None:
-            if previous.state is not SessionState.PENDING:
+            if previous.state is not _PENDING:
                 return Reject(RejectReason.CONCURRENCY_LIMIT, account.number, "session in use")
             # A repeated authorization of a call not yet started replaces the earlier one.
             self._release(previous)
-        session = self._new_session(key, account, request.nas, request.username, request, called)
-        session.granted_seconds = granted
-        session.hold_expires_ms = now_ms + self.hold_ttl_seconds * 1000
-        levels = []
-        for level, rate, group, hold, seconds in priced:
-            charge = LevelCharge(session, level, rate, group, hold)
-            session.levels.append(charge)
+        # _new_session, inlined.
+        if len(sessions) >= SESSIONS_MAX:
+            raise EngineError("session table full")
+        self._session_seq = num
+        hold_expires_ms = now_ms + self.hold_ttl_seconds * 1000
+        session = Session(
+            num,
+            key,
+            account,
+            nas,
+            session_id_of(key),
+            request.username,
+            request.calling,
+            called,
+            now_ms,
+            now_ms,
+            tuple(charges),
+            None,
+            _PENDING,
+            hold_expires_ms,
+            granted,
+        )
+        sessions[key] = session
+        for charge in charges:
+            charge.session = session
+            level = charge.account
             level.calls += 1
-            level.pending_hold_micros += hold
+            level.pending_hold_micros += charge.hold_micros
+            if level.deadline_ms is not None:
+                level.deadline_margin -= charge.hold_micros * EXPOSURE_DENOMINATOR
             if level.cps_window is not None:
                 level.cps_window.admit(now_ms)
-            levels.append(LevelGrant(level.id, level.number, rate.prefix, hold, seconds))
-        if request.session_id is None:
-            join = (request.nas, request.username, request.called or "")
+        if session_id is None:
+            join = (nas, request.username, request.called or "")
             session.join_key = join
             self._joins.setdefault(join, []).append(session)
-        heapq.heappush(self._hold_expiries, (session.hold_expires_ms, session.num, session))
+        heapq.heappush(self._hold_expiries, (hold_expires_ms, num, session))
+        if previous is None and chain:
+            # Only this call's hold has changed the account (chain[0]) since it was priced.
+            available = account_available
+        else:
+            available = account.available_micros(now_ms)
         return Grant(
-            session_key=key,
-            account_id=account.id,
-            account_number=account.number,
-            seconds=granted,
-            available_micros=account.available_micros(now_ms),
-            currency=account.currency,
-            prepaid=account.floor_micros == 0,
-            levels=tuple(levels),
+            key,
+            account.id,
+            account.number,
+            granted,
+            available,
+            account.currency,
+            account.floor_micros == 0,
+            tuple(grants),
         )
-
-    def _session_key(self, request: CallRequest) -> tuple[str, ...]:
-        if request.session_id is not None:
-            return (request.nas, request.session_id)
-        # Unique until the Start joins it and re-keys it by its Acct-Session-Id.
-        return (request.nas, "", str(self._session_seq + 1))
-
-    def _new_session(
-        self,
-        key: tuple[str, ...],
-        account: Account,
-        nas: str,
-        username: str,
-        request: CallRequest | AccountingRequest,
-        called: str,
-    ) -> Session:
-        if len(self.sessions) >= SESSIONS_MAX:
-            raise EngineError("session table full")
-        self._session_seq += 1
-        now_ms = int(self.clock() * 1000)
-        session = Session(
-            self._session_seq, key, account, nas, username, request.calling, called, now_ms
-        )
-        self.sessions[key] = session
-        return session
 
     # -- accounting -----------------------------------------------------------------------------
 
@@ -301,15 +368,31 @@ class Engine:
         self._session_seq += 1
         now_ms = int(self.clock() * 1000)
         session = Session(
-            self._session_seq, key, account, key[0], username, calling, called, now_ms
+            self._session_seq,
+            key,
+            account,
+            key[0],
+            session_id_of(key),
+            username,
+            calling,
+            called,
+            now_ms,
+            now_ms,
+            authorized=False,
         )
         self.sessions[key] = session
-        session.authorized = False
+        charges = []
         for level, rate, group in priced:
-            hold = group.first_increment_cost_micros(rate)
-            session.levels.append(LevelCharge(session, level, rate, group, hold))
+            entry = group.priced(rate)
+            hold = entry.hold_micros
+            charges.append(
+                LevelCharge(session, session.num, level, rate, group, hold, entry.factor, entry)
+            )
             level.calls += 1
             level.pending_hold_micros += hold
+            if level.deadline_ms is not None:
+                level.deadline_margin -= hold * EXPOSURE_DENOMINATOR
+        session.levels = tuple(charges)
         return session
 
     def restore_session(
@@ -337,34 +420,56 @@ class Engine:
 
     def start(self, request: AccountingRequest) -> Session | Reject:
         now_ms = int(self.clock() * 1000)
-        session = self._find_for_accounting(request)
+        session = self.sessions.get((request.nas, request.session_id))
+        if session is None:
+            session = self._find_for_accounting(request)
         if session is None:
             found = self._unauthorized_session(request)
             if isinstance(found, Reject):
                 return found
             session = found
-        if session.state is SessionState.PENDING:
-            self._activate(session, now_ms - request.duration_seconds * 1000)
+        if session.state is _PENDING:
+            self._activate(session, now_ms - request.duration_seconds * 1000, now_ms)
         return session
 
-    def _activate(self, session: Session, start_ms: int) -> None:
-        assert session.state is SessionState.PENDING
-        self._unjoin(session)
-        session.state = SessionState.ACTIVE
+    def _activate(self, session: Session, start_ms: int, now_ms: int | None = None) -> None:
+        assert session.state is _PENDING
+        if session.join_key is not None:
+            self._unjoin(session)
+        session.state = _STARTED
         session.start_ms = start_ms
-        now_ms = int(self.clock() * 1000)
+        if now_ms is None:
+            now_ms = int(self.clock() * 1000)
         for charge in session.levels:
             level = charge.account
             level.pending_hold_micros -= charge.hold_micros
             assert level.pending_hold_micros >= 0
-            charge.set_start(start_ms)
+            rate = charge.rate  # charge.set_start, inlined
+            mature_ms = start_ms + (rate.free_seconds + rate.first_increment_seconds) * 1000
+            charge.mature_ms = mature_ms
             level.add_active(charge, now_ms)
-            self._reschedule(level, now_ms)
+            # Reserve what the call can burn until the deadline (see _reschedule): from now, or
+            # from the end of its first increment if that is past already (a Start that reports
+            # time used). A deadline due already is looked at by `tick`, afresh.
+            scheduled = level.deadline_ms
+            if scheduled is None:
+                self._reschedule(level, now_ms)
+            elif scheduled > now_ms:
+                burning_from = mature_ms if mature_ms < now_ms else now_ms
+                margin = level.deadline_margin - charge.rate_factor * (scheduled - burning_from)
+                if margin < 0:
+                    self._reschedule(level, now_ms)
+                else:
+                    level.deadline_margin = margin
+                    if level.id not in self._deadline_live:
+                        self._push_deadline(level, scheduled)  # parked (_finish): back on
+            elif level.id not in self._deadline_live:
+                self._reschedule(level, now_ms)  # parked and due: `tick` would not see it
 
     def update(self, request: AccountingRequest) -> Session | Reject:
         """Interim-Update: the call is up for `duration_seconds`; re-anchor its start."""
         session = self._find_for_accounting(request)
-        if session is None or session.state is SessionState.PENDING:
+        if session is None or session.state is _PENDING:
             return self.start(request)
         now_ms = int(self.clock() * 1000)
         session.used_seconds = max(session.used_seconds, request.duration_seconds)
@@ -384,42 +489,63 @@ class Engine:
         key = (request.nas, request.session_id)
         previous = self._recent_stops.get(key)
         if previous is not None:
-            return StopResult(previous.cdr, previous.transfers, duplicate=True)
-        session = self._find_for_accounting(request)
+            cdr, top_parent_id = previous
+            return StopResult(cdr, _transfers_of(cdr, top_parent_id), duplicate=True)
+        session = self.sessions.get(key)
+        if session is None:
+            session = self._find_for_accounting(request)
         if session is None:
             found = self._unauthorized_session(request)
             if isinstance(found, Reject):
                 return found
             session = found
-        now = self.clock()
-        result = self._finish(session, request, now)
-        self._recent_stops[key] = result
-        if len(self._recent_stops) > RECENT_KEYS_MAX:
-            self._recent_stops.popitem(last=False)
+        result = self._finish(session, request, self.clock())
+        self._remember_stop(key, result, session)
         return result
 
+    def _remember_stop(self, key: tuple[str, ...], result: StopResult, session: Session) -> None:
+        # The transfers are rebuilt from the CDR when a stop is repeated (_transfers_of): kept
+        # whole, they were about half of the memory of this table.
+        top_parent_id = 0
+        if session.levels:
+            parent = session.levels[-1].account.parent
+            assert parent is not None
+            top_parent_id = parent.id
+        recent = self._recent_stops
+        recent[key] = (result.cdr, top_parent_id)
+        while len(recent) > RECENT_STOPS_MAX:
+            recent.popitem(last=False)
+
     def _finish(self, session: Session, request: AccountingRequest, now: float) -> StopResult:
+        """Cost, debit and release a call at every level (`_release` and the pricing, fused:
+        the deadline decision below needs each charge's accrual before its release)."""
         now_ms = int(now * 1000)
         duration = max(0, request.duration_seconds)
         reference = f"{session.nas}/{request.session_id}"
-        self._release(session)
+        state = session.state
+        assert state is not _ENDED
+        if session.join_key is not None:
+            self._unjoin(session)
+        pending = state is _PENDING
         transfers = []
         costs = []
         for charge in session.levels:
             level = charge.account
             parent = level.parent
             assert parent is not None
-            cost = charge.group.cost_micros(charge.rate, duration)
+            level.calls -= 1
+            assert level.calls >= 0
+            hold = charge.hold_micros
+            accrual = charge.accrual_state
+            if pending:
+                level.pending_hold_micros -= hold
+                assert level.pending_hold_micros >= 0
+            else:
+                level.end_active(charge)
+            charge.session = None
+            cost, billable = charge.group.charge(charge.priced, duration)
             assert cost >= 0
-            costs.append(
-                LevelCost(
-                    level.id,
-                    level.number,
-                    charge.rate.prefix,
-                    cost,
-                    billable_seconds(charge.rate, duration),
-                )
-            )
+            costs.append(LevelCost(level.id, level.number, charge.rate.prefix, cost, billable))
             if cost:
                 level.balance_micros -= cost
                 transfers.append(
@@ -434,42 +560,73 @@ class Engine:
                         reference,
                     )
                 )
-            self._reschedule(level, now_ms)
+            # The deadline's margin gets back what was reserved for the call (its hold, and its
+            # burn from now until the deadline) and loses its cost.
+            scheduled = level.deadline_ms
+            if scheduled is None:
+                # No margin is kept without a deadline (no call that burns, or the level ran dry
+                # already): whether the level is dry now is computed, as at every stop before.
+                if level.active_charges:
+                    self._reschedule(level, now_ms)
+            elif scheduled > now_ms:
+                margin = level.deadline_margin + (hold - cost) * EXPOSURE_DENOMINATOR
+                if not pending:
+                    mature_ms = charge.mature_ms
+                    if accrual == 2 or (accrual == 1 and mature_ms <= now_ms):
+                        # Past its first increment its burn since then is part of the exposure
+                        # released (the exposure sum is rounded up: one micro-unit less, at most).
+                        margin += charge.rate_factor * (scheduled - mature_ms) - _ROUNDING_SLACK
+                    else:
+                        margin += charge.rate_factor * (scheduled - now_ms)
+                if margin < 0:
+                    self._reschedule(level, now_ms)
+                else:
+                    level.deadline_margin = margin
+            if not level.active_charges and level.deadline_ms is not None:
+                # The level's last call: its deadline leaves the heap (which holds the levels
+                # with calls up, not every level that ever had one) but stays with its margin,
+                # for the level's next call to take up without computing it afresh.
+                self._deadline_live.pop(level.id, None)
+        session.state = _ENDED
+        if self.sessions.get(session.key) is session:
+            del self.sessions[session.key]
         account = session.account
-        start_time = session.start_ms / 1000 if session.state is not SessionState.PENDING else now
+        first = costs[0] if costs else None
         cdr = Cdr(
-            nas=session.nas,
-            session_id=request.session_id,
-            account_id=account.id,
-            account_number=account.number,
-            calling=request.calling or session.calling,
-            called=session.called,
-            duration_seconds=duration,
-            billable_seconds=costs[0].billable_seconds if costs else 0,
-            cost_micros=costs[0].cost_micros if costs else 0,
-            levels=tuple(costs),
-            disconnect_cause=request.disconnect_cause,
-            start_time=request.connect_time or start_time,
-            stop_time=request.disconnect_time or now,
-            authorized=session.authorized,
+            session.nas,
+            request.session_id,
+            account.id,
+            account.number,
+            request.calling or session.calling,
+            session.called,
+            duration,
+            first.billable_seconds if first is not None else 0,
+            first.cost_micros if first is not None else 0,  # what the customer pays
+            tuple(costs),
+            request.disconnect_cause,
+            # Of a call never started, this is when it was authorized.
+            request.connect_time or session.start_ms / 1000,
+            request.disconnect_time or now,
+            session.authorized,
         )
         return StopResult(cdr, tuple(transfers))
 
     def _release(self, session: Session) -> None:
         """Give back the slots and holds of a call, at every level."""
         state = session.state
-        assert state is not SessionState.ENDED
+        assert state is not _ENDED
         self._unjoin(session)
         for charge in session.levels:
             level = charge.account
             level.calls -= 1
             assert level.calls >= 0
-            if state is SessionState.PENDING:
+            if state is _PENDING:
                 level.pending_hold_micros -= charge.hold_micros
                 assert level.pending_hold_micros >= 0
             else:
-                level.remove_active(charge)
-        session.state = SessionState.ENDED
+                level.end_active(charge)
+            charge.session = None
+        session.state = _ENDED
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
 
@@ -479,19 +636,19 @@ class Engine:
         now = self.clock()
         for session in [s for s in self.sessions.values() if s.nas == nas]:
             used = session.used_seconds
-            if session.state is SessionState.ACTIVE:
+            if session.state is _STARTED:
                 used = max(used, int(now - session.start_ms / 1000))
             request = AccountingRequest(
                 nas=nas,
                 session_id=session.session_id or f"auth-{session.num}",
-                duration_seconds=used if session.state is SessionState.ACTIVE else 0,
+                duration_seconds=used if session.state is _STARTED else 0,
                 disconnect_cause="nas-reboot",
             )
-            if session.state is SessionState.PENDING:
+            if session.state is _PENDING:
                 self._release(session)
                 continue
             result = self._finish(session, request, now)
-            self._recent_stops[session.key] = result
+            self._remember_stop(session.key, result, session)
             results.append(result)
         return results
 
@@ -528,24 +685,92 @@ class Engine:
                 key, account.id, "balance", parent.id, "funding", -amount_micros, kind, note
             )
         account.balance_micros += amount_micros
-        self._reschedule(account, int(self.clock() * 1000))
+        if amount_micros < 0:
+            # (A credit only moves depletion later: the deadline scheduled stays early enough.)
+            self._spend(account, -amount_micros, int(self.clock() * 1000))
         result = MoneyResult((transfer,), account.balance_micros)
         self._recent_money[key] = result
         if len(self._recent_money) > RECENT_KEYS_MAX:
             self._recent_money.popitem(last=False)
         return result
 
+    def revert(self, transfers: Iterable[Transfer]) -> None:
+        """Undo what these transfers did to balances in memory. For a stop the engine did not
+        recognise as repeated (a retransmission older than its memory of stops, or across a
+        restart) but the ledger had applied already: the ledger is right, the second debit is
+        given back."""
+        now_ms = int(self.clock() * 1000)
+        for transfer in transfers:
+            amount = transfer.amount_micros
+            if transfer.debit_kind == "balance":
+                debited = self.hierarchy.get(transfer.debit_account_id)
+                if debited is not None:
+                    debited.balance_micros += amount  # a credit: the deadline stays early enough
+            if transfer.credit_kind == "balance":
+                credited = self.hierarchy.get(transfer.credit_account_id)
+                if credited is not None:
+                    credited.balance_micros -= amount
+                    self._spend(credited, amount, now_ms)
+
     # -- timers: hold expiry and depletion ------------------------------------------------------
 
+    # The depletion deadline of an account is an instant at which its funds may be gone; `tick`
+    # looks at the account then, and disconnects its calls or schedules it again. A deadline
+    # earlier than needed costs one look; a later one would let calls run past the funds.
+    #
+    # Computing the instant (the account's funds and burn rate: big-integer arithmetic over its
+    # active calls) at every level of every start and stop was the largest cost of a call. So a
+    # deadline comes with a margin, in exposure numerator units (micro-units times
+    # EXPOSURE_DENOMINATOR): the funds left at the deadline if every active call burns until
+    # then from the later of its start and the scheduling. An authorization takes its hold from
+    # it, a start the call's burn until the deadline; a stop gives back what was taken for the
+    # call and takes its cost; a debit takes its amount. While the margin is not negative the
+    # deadline is early enough; when it is, the deadline is computed afresh. Credits only move
+    # depletion later and leave it as it is. A depletion further away than DEADLINE_HORIZON_MS
+    # is scheduled half-way, which leaves a margin of half the funds; near the end the deadline
+    # is the computed instant, as it always was. When a level's last call ends its deadline is
+    # parked: out of the heap, kept with its margin for the level's next call.
+
     def _reschedule(self, account: Account, now_ms: int) -> None:
-        version = account.next_deadline_version()
+        """Compute the account's deadline and margin afresh (none without calls that burn)."""
         if not account.active_charges:
-            self._deadline_live.pop(account.id, None)
+            self._drop_deadline(account)
             return
-        deadline = account.depletion_ms(now_ms)
-        if deadline is None:
-            self._deadline_live.pop(account.id, None)
+        remaining, rate_sum = account.funds_and_burn(now_ms)
+        if remaining <= 0:
+            deadline = now_ms
+            margin = 0
+        elif rate_sum == 0:
+            self._drop_deadline(account)
             return
+        else:
+            funds = remaining * EXPOSURE_DENOMINATOR
+            # Account.depletion_ms: rounded up, so that at that instant the funds are gone (or,
+            # with young calls, the re-check finds a later instant).
+            span = -(-funds // rate_sum)
+            if span > DEADLINE_HORIZON_MS:
+                span //= 2
+            deadline = now_ms + span
+            margin = funds - rate_sum * span
+        account.deadline_margin = margin
+        if deadline != account.deadline_ms or account.id not in self._deadline_live:
+            self._push_deadline(account, deadline)
+
+    def _spend(self, account: Account, micros: int, now_ms: int) -> None:
+        """The account's funds went down by `micros` (a debit)."""
+        scheduled = account.deadline_ms
+        if scheduled is not None and scheduled <= now_ms:
+            return  # due already: `tick` looks at it next
+        if scheduled is not None:
+            margin = account.deadline_margin - micros * EXPOSURE_DENOMINATOR
+            if margin >= 0:
+                account.deadline_margin = margin
+                return
+        self._reschedule(account, now_ms)
+
+    def _push_deadline(self, account: Account, deadline: int) -> None:
+        version = account.next_deadline_version()
+        account.deadline_ms = deadline
         self._deadline_live[account.id] = version
         heapq.heappush(self._deadlines, (deadline, account.id, version))
         if len(self._deadlines) > 2 * len(self._deadline_live) + DEADLINE_HEAP_SLACK:
@@ -553,14 +778,24 @@ class Engine:
             self._deadlines = [entry for entry in self._deadlines if live.get(entry[1]) == entry[2]]
             heapq.heapify(self._deadlines)
 
+    def _drop_deadline(self, account: Account) -> None:
+        if account.deadline_ms is not None:
+            account.deadline_ms = None
+            self._deadline_live.pop(account.id, None)
+
     def next_deadline(self) -> float | None:
         """When `tick` has work next (seconds on the engine clock), or None."""
-        candidates = []
-        if self._hold_expiries:
-            candidates.append(self._hold_expiries[0][0])
-        if self._deadlines:
-            candidates.append(self._deadlines[0][0])
-        return min(candidates) / 1000 if candidates else None
+        expiries = self._hold_expiries
+        deadlines = self._deadlines
+        if expiries:
+            first = expiries[0][0]
+            if deadlines and deadlines[0][0] < first:
+                first = deadlines[0][0]
+        elif deadlines:
+            first = deadlines[0][0]
+        else:
+            return None
+        return first / 1000
 
     def tick(self) -> list[Disconnect]:
         """Release expired holds and find the calls whose chain ran dry by now."""
@@ -568,7 +803,7 @@ class Engine:
         expiries = self._hold_expiries
         while expiries and expiries[0][0] <= now_ms:
             _, _, session = heapq.heappop(expiries)
-            if session.state is SessionState.PENDING:
+            if session.state is _PENDING:
                 self._release(session)
         disconnects: list[Disconnect] = []
         deadlines = self._deadlines
@@ -580,8 +815,10 @@ class Engine:
             account = self.hierarchy.get(account_id)
             if account is None:
                 continue
+            account.deadline_ms = None
             if account.available_micros(now_ms) > 0:
-                # The estimate was early (calls inside their first increment): look again.
+                # The estimate was early (calls inside their first increment, or a half-way
+                # deadline): look again.
                 self._reschedule(account, now_ms)
                 continue
             disconnects.extend(self._disconnect_level(account, "depleted"))
@@ -591,6 +828,7 @@ class Engine:
         events = []
         for charge in account.active_charges.values():
             session = charge.session
+            assert session is not None  # cleared only when the call ends
             if not session.disconnect_requested:
                 session.disconnect_requested = True
                 events.append(_disconnect_of(session, reason, account.number))
@@ -598,7 +836,7 @@ class Engine:
 
     def disconnect(self, key: tuple[str, ...], reason: str = "operator") -> Disconnect | None:
         session = self.sessions.get(key)
-        if session is None or session.state is not SessionState.ACTIVE:
+        if session is None or session.state is not _STARTED:
             return None
         session.disconnect_requested = True
         return _disconnect_of(session, reason, session.account.number)
@@ -606,7 +844,7 @@ class Engine:
     def set_status(self, account: Account, status: Status) -> list[Disconnect]:
         """Suspending an account ends the calls through it (its own and its descendants')."""
         account.status = status
-        if status is Status.ACTIVE:
+        if status is _ACTIVE:
             return []
         return self._disconnect_level(account, status.value)
 
@@ -624,11 +862,11 @@ class Engine:
         base: dict[int, int] = {}
         for key, session in self.sessions.items():
             assert session.key == key
-            assert session.state is not SessionState.ENDED
+            assert session.state is not _ENDED
             for charge in session.levels:
                 level_id = charge.account.id
                 calls[level_id] = calls.get(level_id, 0) + 1
-                if session.state is SessionState.PENDING:
+                if session.state is _PENDING:
                     pending[level_id] = pending.get(level_id, 0) + charge.hold_micros
                 else:
                     base[level_id] = base.get(level_id, 0) + charge.hold_micros
@@ -645,6 +883,30 @@ class Engine:
 def _rate_for(level: Account, number: str) -> tuple[Rate | None, RateGroup]:
     group = level.rate_group if level.rate_group is not None else DEFAULT_GROUP
     return level.lookup_rate(number), group
+
+
+def _transfers_of(cdr: Cdr, top_parent_id: int) -> tuple[Transfer, ...]:
+    """The transfers `_finish` made for this CDR: each level pays its cost to its parent, which
+    is the next level of the chain, or `top_parent_id` for the last."""
+    reference = f"{cdr.nas}/{cdr.session_id}"
+    levels = cdr.levels
+    transfers = []
+    for index, level in enumerate(levels):
+        if level.cost_micros:
+            parent_id = levels[index + 1].account_id if index + 1 < len(levels) else top_parent_id
+            transfers.append(
+                Transfer(
+                    f"call:{reference}:{level.account_id}",
+                    level.account_id,
+                    "balance",
+                    parent_id,
+                    "revenue",
+                    level.cost_micros,
+                    "call",
+                    reference,
+                )
+            )
+    return tuple(transfers)
 
 
 def _disconnect_of(session: Session, reason: str, level_number: str) -> Disconnect:

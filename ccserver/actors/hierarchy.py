@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from ccserver.actors.account import PARENT_KINDS, Account, AccountKind, Status
+from ccserver.actors.account import PARENT_KINDS, Account, AccountKind, Status, invalidate_chains
 
 IpKey = tuple[int, int, int]  # (ip version, network address as int, prefix length)
 
@@ -97,6 +97,9 @@ class Hierarchy:
         self.by_id[account.id] = account
         self.by_number[account.number] = account
         self.index_credentials(account)
+        # Cached now rather than at the account's first call: built during the start-up load, it
+        # is not a new long-lived object for the cycle collector to count while calls run.
+        account.chain_tuple()
         return account
 
     def _check_credentials_free(self, account: Account, ignore: Account | None = None) -> None:
@@ -180,6 +183,7 @@ class Hierarchy:
         assert old_parent is not None
         old_parent.children -= 1
         account.parent = new_parent
+        invalidate_chains()
         new_parent.children += 1
         self._renumber_depths(account)
         self.assert_acyclic(account)

@@ -8,6 +8,8 @@ of integers and rounded once at the rate group's precision in its rounding direc
 
 from __future__ import annotations
 
+from itertools import islice
+
 import msgspec
 
 from ccserver.money import MONEY_DECIMALS_MAX, Rounding, round_ratio
@@ -16,6 +18,19 @@ from ccserver.rating.prefix_index import PrefixIndex, is_digit_prefix
 PPM = 1_000_000
 SECONDS_PER_MINUTE = 60
 INCREMENT_SECONDS_MAX = 86_400
+# Every charge is an exact ratio over this denominator before its one rounding.
+CHARGE_DENOMINATOR = SECONDS_PER_MINUTE * PPM
+# An enum member read through its class costs a descriptor call (Python 3.11); these are read
+# for every charge.
+_UP = Rounding.UP
+_DOWN = Rounding.DOWN
+_HALF_UP = Rounding.HALF_UP
+# Priced rates a group keeps (about 150 bytes each) before it starts its cache afresh: enough for
+# the destinations a network is calling, not a copy of a million-prefix tariff.
+PRICED_MAX = 1 << 16
+PRICED_EVICTED = PRICED_MAX // 64
+# The rounding step of each precision, in micro-units.
+_STEPS: dict[int, int] = {p: 10 ** (MONEY_DECIMALS_MAX - p) for p in range(MONEY_DECIMALS_MAX + 1)}
 
 
 class RateError(ValueError):
@@ -58,10 +73,47 @@ def billable_seconds(rate: Rate, duration_seconds: int) -> int:
     return first + -(-(rest - first) // step) * step
 
 
-class RateGroup:
-    """A tariff: a prefix index of rates plus how their charges are rounded."""
+class PricedRate(msgspec.Struct, frozen=True, gc=False):
+    """What a rate costs under one rate group's markup and rounding, computed once.
 
-    __slots__ = ("id", "index", "markup_ppm", "name", "owner_id", "precision", "rounding")
+    Charges are exact ratios of big integers; a call needs the same few of them at every level
+    (its hold, its burn rate), so a group keeps them per rate rather than recomputing them.
+    """
+
+    rate: Rate
+    generation: int  # of the group's pricing (RateGroup._generation) it was computed under
+    hold_micros: int  # first_increment_cost_micros
+    factor: int  # per_second_factor
+    connect: int  # the connect fee as a numerator over 60 * PPM
+    one_second_micros: int  # cost_micros(rate, 1)
+
+
+class RateGroup:
+    """A tariff: a prefix index of rates plus how their charges are rounded.
+
+    The engine prices every level of every call (hold and grant at authorization, cost at stop),
+    so what pricing needs is kept computed: the group's rounding units, and a `PricedRate` per
+    rate, cached by prefix (checked by identity, so that a rate replaced in the index, or a
+    personal rate on the same prefix, is priced as itself; at most PRICED_MAX of them). The
+    setters of `precision`, `rounding` and `markup_ppm` refresh the units and start a new
+    generation of priced rates: a call admitted before the change is charged at the pricing of
+    its stop, as before. Rounding is `round_ratio`'s arithmetic, inlined.
+    """
+
+    __slots__ = (
+        "_generation",
+        "_markup_factor",
+        "_markup_ppm",
+        "_precision",
+        "_priced",
+        "_rounding",
+        "_scaled",
+        "_step",
+        "id",
+        "index",
+        "name",
+        "owner_id",
+    )
 
     def __init__(
         self,
@@ -79,10 +131,48 @@ class RateGroup:
         self.id = id
         self.name = name
         self.owner_id = owner_id
+        self._generation = 0
         self.precision = precision
-        self.rounding = Rounding(rounding)
+        self.rounding = rounding
         self.markup_ppm = markup_ppm
         self.index: PrefixIndex[Rate] = PrefixIndex()
+
+    @property
+    def precision(self) -> int:
+        return self._precision
+
+    @precision.setter
+    def precision(self, precision: int) -> None:
+        self._precision = precision
+        # 0 for a precision out of range: charges then take the checked path, which refuses it.
+        step = _STEPS.get(precision, 0)
+        self._step = step
+        self._scaled = step * CHARGE_DENOMINATOR
+        self._repriced()
+
+    @property
+    def rounding(self) -> Rounding:
+        return self._rounding
+
+    @rounding.setter
+    def rounding(self, rounding: Rounding) -> None:
+        self._rounding = Rounding(rounding)
+        self._repriced()
+
+    @property
+    def markup_ppm(self) -> int:
+        return self._markup_ppm
+
+    @markup_ppm.setter
+    def markup_ppm(self, markup_ppm: int) -> None:
+        self._markup_ppm = markup_ppm
+        self._markup_factor = PPM + markup_ppm
+        self._repriced()
+
+    def _repriced(self) -> None:
+        """The pricing changed: every PricedRate computed so far is stale."""
+        self._priced: dict[str, PricedRate] = {}
+        self._generation += 1
 
     def put(self, rate: Rate) -> None:
         rate.validate()
@@ -92,24 +182,84 @@ class RateGroup:
         return self.index.longest_match(number)
 
     # The exact charge is numerator / (60 * PPM) micro-units: the connect fee scaled up, plus the
-    # marked-up price of the billable seconds.
-    def _price_factor(self, rate: Rate) -> int:
-        return rate.per_minute_micros * (PPM + self.markup_ppm)
+    # marked-up price (per_second_factor) of the billable seconds.
+
+    def _rounded(self, numerator: int) -> int:
+        """round_ratio(numerator, 60 * PPM, precision, rounding)."""
+        step = self._step
+        if not step:
+            return round_ratio(numerator, CHARGE_DENOMINATOR, self._precision, self._rounding)
+        scaled = self._scaled
+        rounding = self._rounding
+        if rounding is _UP:
+            return -((-numerator) // scaled) * step
+        if rounding is _DOWN:
+            return numerator // scaled * step
+        magnitude = (2 * abs(numerator) + scaled) // (2 * scaled)
+        return (magnitude if numerator >= 0 else -magnitude) * step
+
+    def priced(self, rate: Rate) -> PricedRate:
+        entry = self._priced.get(rate.prefix)
+        if entry is not None and entry.rate is rate:
+            return entry
+        return self._price(rate)
+
+    def _price(self, rate: Rate) -> PricedRate:
+        connect = rate.connect_fee_micros * CHARGE_DENOMINATOR
+        factor = rate.per_minute_micros * self._markup_factor
+        # cost_micros(rate, free + first): a duration that bills exactly the first increment.
+        numerator = connect + factor * rate.first_increment_seconds
+        step = self._step
+        if step and self._rounding is _UP:  # _rounded, inlined for the usual rounding
+            hold = -((-numerator) // self._scaled) * step
+        else:
+            hold = self._rounded(numerator)
+        # cost_micros(rate, 1): the connect fee alone inside free seconds, else the first increment.
+        one_second = self._rounded(connect) if rate.free_seconds >= 1 else hold
+        entry = PricedRate(rate, self._generation, hold, factor, connect, one_second)
+        cache = self._priced
+        if len(cache) >= PRICED_MAX:
+            # The oldest priced first, a slice at a time: freeing the whole cache in one call
+            # stalls that call for tens of milliseconds.
+            for prefix in list(islice(cache, PRICED_EVICTED)):
+                del cache[prefix]
+        cache[rate.prefix] = entry
+        return entry
 
     def cost_micros(self, rate: Rate, duration_seconds: int) -> int:
+        return self.cost_and_billable(rate, duration_seconds)[0]
+
+    def cost_and_billable(self, rate: Rate, duration_seconds: int) -> tuple[int, int]:
+        """`(cost_micros, billable_seconds)` of a call of `duration_seconds`."""
+        return self.charge(self.priced(rate), duration_seconds)
+
+    def charge(self, entry: PricedRate, duration_seconds: int) -> tuple[int, int]:
+        """cost_and_billable of `entry.rate`, from a PricedRate of this group kept since (the
+        engine keeps the one it admitted a call with, and prices the call's stop with it)."""
         if duration_seconds <= 0:
             assert duration_seconds == 0
-            return 0
-        billable = billable_seconds(rate, duration_seconds)
-        numerator = (
-            rate.connect_fee_micros * (SECONDS_PER_MINUTE * PPM)
-            + self._price_factor(rate) * billable
-        )
-        return round_ratio(numerator, SECONDS_PER_MINUTE * PPM, self.precision, self.rounding)
+            return 0, 0
+        if entry.generation != self._generation:
+            entry = self.priced(entry.rate)  # the group's pricing changed since
+        rate = entry.rate
+        # billable_seconds, inlined.
+        rest = duration_seconds - rate.free_seconds
+        if rest <= 0:
+            return entry.one_second_micros, 0  # the connect fee alone
+        billable = rate.first_increment_seconds
+        if rest <= billable:
+            return entry.hold_micros, billable
+        increment = rate.next_increment_seconds
+        billable += -((billable - rest) // increment) * increment
+        numerator = entry.connect + entry.factor * billable
+        step = self._step
+        if step and self._rounding is _UP:  # _rounded, inlined for the usual rounding
+            return -((-numerator) // self._scaled) * step, billable
+        return self._rounded(numerator), billable
 
     def first_increment_cost_micros(self, rate: Rate) -> int:
         """What a call must be able to pay to be admitted: connect fee + first increment."""
-        return self.cost_micros(rate, rate.free_seconds + rate.first_increment_seconds)
+        return self.priced(rate).hold_micros
 
     def max_seconds(self, rate: Rate, available_micros: int) -> int | None:
         """The longest call whose cost is at most `available_micros`; None when unbounded.
@@ -117,29 +267,62 @@ class RateGroup:
         Exact inverse of `cost_micros`: the largest billable seconds whose exact charge still
         rounds to at most the available amount, then the increment boundary at or below it.
         """
-        if available_micros < 0 or self.cost_micros(rate, 1) > available_micros:
+        if available_micros < 0:
             return 0
-        price_factor = self._price_factor(rate)
-        if price_factor <= 0:
+        entry = self.priced(rate)
+        if entry.one_second_micros > available_micros:
+            return 0
+        factor = entry.factor
+        if factor <= 0:
             return None
-        denominator = SECONDS_PER_MINUTE * PPM
-        step: int = 10 ** (MONEY_DECIMALS_MAX - self.precision)
-        quantum = step * denominator
+        step = self._step
+        quantum = self._scaled
+        assert step, "precision out of range"  # pricing one second refused it already
+        rounding = self._rounding
         whole_steps = available_micros // step
-        if self.rounding is Rounding.UP:
+        if rounding is _UP:
             numerator_max = whole_steps * quantum
-        elif self.rounding is Rounding.DOWN:
+        elif rounding is _DOWN:
             numerator_max = (whole_steps + 1) * quantum - 1
         else:
             numerator_max = (2 * quantum * whole_steps + quantum - 1) // 2
-        billable_max = (numerator_max - rate.connect_fee_micros * denominator) // price_factor
+        billable_max = (numerator_max - entry.connect) // factor
         first = rate.first_increment_seconds
         if billable_max < first:
             # Only the free seconds (charged the connect fee alone) are affordable.
             return rate.free_seconds
-        extra = (billable_max - first) // rate.next_increment_seconds
-        return rate.free_seconds + first + extra * rate.next_increment_seconds
+        increment = rate.next_increment_seconds
+        return rate.free_seconds + first + (billable_max - first) // increment * increment
+
+    def quote(self, rate: Rate, available_micros: int) -> tuple[PricedRate, int | None]:
+        """`(priced(rate), max_seconds(rate, available_micros))` in one pass: what the engine
+        needs of every level of an authorization. When the first increment (`hold_micros`) costs
+        more than is available the call is refused, and max_seconds is 0 rather than computed."""
+        entry = self._priced.get(rate.prefix)
+        if entry is None or entry.rate is not rate:
+            entry = self._price(rate)
+        # max_seconds, inlined; a hold at most what is available means it is not negative.
+        if entry.hold_micros > available_micros or entry.one_second_micros > available_micros:
+            return entry, 0
+        factor = entry.factor
+        if factor <= 0:
+            return entry, None
+        step = self._step
+        rounding = self._rounding
+        if rounding is _UP:
+            numerator_max = available_micros // step * self._scaled
+        elif rounding is _DOWN:
+            numerator_max = (available_micros // step + 1) * self._scaled - 1
+        else:
+            quantum = self._scaled
+            numerator_max = (2 * quantum * (available_micros // step) + quantum - 1) // 2
+        billable_max = (numerator_max - entry.connect) // factor
+        first = rate.first_increment_seconds
+        if billable_max < first:
+            return entry, rate.free_seconds
+        increment = rate.next_increment_seconds
+        return entry, rate.free_seconds + first + (billable_max - first) // increment * increment
 
     def per_second_factor(self, rate: Rate) -> int:
         """Price of one second as a numerator over 60 * PPM micro-units (burn rate)."""
-        return self._price_factor(rate)
+        return rate.per_minute_micros * self._markup_factor
