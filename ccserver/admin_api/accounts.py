@@ -906,12 +906,18 @@ async def import_accounts(api: Api, call: Call) -> ImportReport:
     """CSV in, one report line per row: good rows are created, bad rows say why."""
     _require_accounts(call)
     text = call.body.decode("utf-8-sig", errors="replace")
-    reader = csv.DictReader(io.StringIO(text))
+    try:
+        records = list(csv.DictReader(io.StringIO(text, newline="")))
+        fieldnames = list(records[0].keys()) if records else next(csv.reader([text]), [])
+    except csv.Error as error:
+        raise invalid([FieldError("body", f"not valid CSV: {error}")]) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     unknown = [c for c in reader.fieldnames or [] if c not in [*EXPORT_COLUMNS, "password", "pin"]]
     if unknown or not reader.fieldnames:
         raise invalid([FieldError("header", f"unknown columns: {', '.join(unknown)}")])
     report: list[ImportRow] = []
-    for index, record in enumerate(reader, start=2):  # row 1 is the header
+    del fieldnames
+    for index, record in enumerate(records, start=2):  # row 1 is the header
         data = _create_from_csv(record)
         number = data.get("number")
         try:
