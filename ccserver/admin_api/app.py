@@ -21,7 +21,15 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 
 from ccserver.actors.engine import Engine
-from ccserver.admin_api.auth import Permission, Principal, Role, Scope, TokenStore
+from ccserver.admin_api.auth import (
+    Permission,
+    Principal,
+    Role,
+    Scope,
+    TokenStore,
+    fetch_token,
+    token_digest,
+)
 from ccserver.admin_api.problems import ApiError, FieldError, Problem, forbidden, problem_response
 from ccserver.admin_api.validation import convert, decode_json
 from ccserver.config import Config
@@ -64,7 +72,7 @@ class Api:
         # two engine steps holds this lock so that concurrent API calls see a consistent order.
         self.mutation_lock = trio.Lock()
 
-    def authenticate(self, request: Request) -> Principal:
+    async def authenticate(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -72,7 +80,17 @@ class Api:
         bootstrap = self.config.admin_api.bootstrap_token
         if bootstrap and msgspec_safe_equal(token, bootstrap):
             return BOOTSTRAP_PRINCIPAL
-        principal = self.tokens.lookup(token)
+        digest = token_digest(token)
+        principal = self.tokens.lookup(digest)
+        now = time.monotonic()
+        if principal is None and not self.tokens.recently_unknown(digest, now):
+            # Perhaps issued by `ccserver token create` in another process since we loaded.
+            rows = await self.bridge.run(fetch_token, digest)
+            if rows:
+                self.tokens.load(rows)
+                principal = self.tokens.lookup(digest)
+            else:
+                self.tokens.remember_unknown(digest, now)
         if principal is None:
             raise ApiError(401, "Unauthorized", "unknown or revoked token", kind="unauthorized")
         return principal
@@ -162,7 +180,7 @@ def _endpoint(api: Api, route: Route) -> Callable[[Request], Awaitable[Response]
         principal: Principal | None = None
         try:
             if route.auth:
-                principal = api.authenticate(request)
+                principal = await api.authenticate(request)
                 scope = Scope(principal, api.engine.hierarchy)
             else:
                 principal = BOOTSTRAP_PRINCIPAL

