@@ -3,6 +3,7 @@ a bootstrap token, and an HTTP client pointed at it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -86,6 +87,31 @@ class Server:
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token or self.token}"}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+def start_server(database_url: str, data_dir: Path) -> Server:
+    """A started server; a half-started one is killed, never left behind."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = Server(database_url, data_dir)
+    try:
+        server.start()
+    except BaseException:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def running(database_url: str, data_dir: Path) -> Iterator[Server]:
+    """A server for one block: stopped (and its exit code checked) however the block ends."""
+    server = start_server(database_url, data_dir)
+    try:
+        yield server
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
 
 
 @pytest.fixture

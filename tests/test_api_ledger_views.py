@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import csv
 import io
 import json
@@ -26,7 +25,7 @@ import pytest
 
 from ccserver.ledger.store import AccountRow, create_account, create_rate_group, upsert_rates
 from ccserver.rating.tariff import Rate
-from tests.server_harness import Server, ok, problem
+from tests.server_harness import Server, ok, problem, running, start_server
 
 MICROS = 1_000_000
 # number -> (kind, parent number or None for the operator)
@@ -224,36 +223,12 @@ class World:
             client.close()
 
 
-def _start(database_url: str, data_dir: Path) -> Server:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = Server(database_url, data_dir)
-    try:
-        server.start()
-    except BaseException:
-        if server.process is not None and server.process.poll() is None:
-            server.process.kill()  # never leave a half-started server behind
-            server.process.wait()
-        raise
-    return server
-
-
-@contextlib.contextmanager
-def running(database_url: str, data_dir: Path) -> Iterator[Server]:
-    """A server for one block: stopped (and its exit code checked) however the block ends."""
-    server = _start(database_url, data_dir)
-    try:
-        yield server
-    finally:
-        code = server.stop()
-    assert code == 0, server.log()
-
-
 @pytest.fixture(scope="module")
 def world(postgres_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     name = postgres_server.create_database()
     url = postgres_server.dsn(name)
     ids = run_sql(url, _seed)
-    server = _start(url, tmp_path_factory.mktemp("ledger_views"))
+    server = start_server(url, tmp_path_factory.mktemp("ledger_views"))
     world = World(server, url, ids)
     try:
         for name_, role, scope in (

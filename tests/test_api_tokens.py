@@ -8,7 +8,6 @@ built elsewhere), so the engine loads them like any others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from ccserver.ledger.store import AccountRow, create_account
-from tests.server_harness import Server, ok, problem
+from tests.server_harness import Server, ok, problem, running, start_server
 
 # number -> (kind, parent number or None for the operator)
 TREE = {
@@ -69,36 +68,12 @@ class World:
             client.close()
 
 
-def _start(database_url: str, data_dir: Path) -> Server:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = Server(database_url, data_dir)
-    try:
-        server.start()
-    except BaseException:
-        if server.process is not None and server.process.poll() is None:
-            server.process.kill()  # never leave a half-started server behind
-            server.process.wait()
-        raise
-    return server
-
-
-@contextlib.contextmanager
-def running(database_url: str, data_dir: Path) -> Iterator[Server]:
-    """A server for one block: stopped (and its exit code checked) however the block ends."""
-    server = _start(database_url, data_dir)
-    try:
-        yield server
-    finally:
-        code = server.stop()
-    assert code == 0, server.log()
-
-
 @pytest.fixture(scope="module")
 def world(postgres_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     name = postgres_server.create_database()
     url = postgres_server.dsn(name)
     asyncio.run(_seed(url))
-    server = _start(url, tmp_path_factory.mktemp("tokens"))
+    server = start_server(url, tmp_path_factory.mktemp("tokens"))
     world = World(server)
     try:
         yield world

@@ -632,21 +632,29 @@ class Engine:
 
     def end_all(self, nas: str) -> list[StopResult]:
         """Accounting-On/Off: the NAS restarted, so every call it had is over (billed as used)."""
+        return self._end_sessions([s for s in self.sessions.values() if s.nas == nas], "nas-reboot")
+
+    def end_calls_through(self, account: Account, cause: str) -> list[StopResult]:
+        """End now every call with `account` in its chain (a deleted account): the started ones
+        are billed as used, the authorized ones never started are released."""
+        return self._end_sessions(list(self.active_sessions(account)), cause)
+
+    def _end_sessions(self, sessions: list[Session], cause: str) -> list[StopResult]:
         results = []
         now = self.clock()
-        for session in [s for s in self.sessions.values() if s.nas == nas]:
-            used = session.used_seconds
-            if session.state is _STARTED:
-                used = max(used, int(now - session.start_ms / 1000))
-            request = AccountingRequest(
-                nas=nas,
-                session_id=session.session_id or f"auth-{session.num}",
-                duration_seconds=used if session.state is _STARTED else 0,
-                disconnect_cause="nas-reboot",
-            )
-            if session.state is _PENDING:
-                self._release(session)
+        for session in sessions:
+            if session.state is _ENDED:
                 continue
+            if session.state is _PENDING:
+                self._release(session)  # authorized, never started: nothing to charge
+                continue
+            used = max(session.used_seconds, int(now - session.start_ms / 1000))
+            request = AccountingRequest(
+                nas=session.nas,
+                session_id=session.session_id or f"auth-{session.num}",
+                duration_seconds=used,
+                disconnect_cause=cause,
+            )
             result = self._finish(session, request, now)
             self._remember_stop(session.key, result, session)
             results.append(result)

@@ -12,6 +12,7 @@ import io
 import ipaddress
 import secrets
 import time
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -27,8 +28,7 @@ from ccserver.actors.account import (
     Status,
 )
 from ccserver.actors.hierarchy import HierarchyError
-from ccserver.actors.messages import AccountingRequest, StopResult, Transfer
-from ccserver.actors.session import SessionState
+from ccserver.actors.messages import StopResult, Transfer
 from ccserver.admin_api.app import Api, Call, Page, Route
 from ccserver.admin_api.auth import Permission
 from ccserver.admin_api.common import (
@@ -46,6 +46,7 @@ from ccserver.admin_api.common import (
 from ccserver.admin_api.problems import (
     ApiError,
     FieldError,
+    FieldErrors,
     conflict,
     field_error,
     forbidden,
@@ -380,37 +381,23 @@ def _expiry(field: str, expires_at: str | None, valid_days: int | None, now: flo
 def _row_from_create(api: Api, call: Call, body: AccountCreate) -> tuple[store.AccountRow, Account]:
     """Validate a new account against the live hierarchy; return its row and parent."""
     parent = _parent_for(api, call, body.parent)
-    errors: list[FieldError] = []
-    try:
-        _check_rate_group(api, parent, body.rate_group, "rate_group")
-    except ApiError as error:
-        errors.extend(error.errors)
-    errors.extend(_check_addresses(body.ip_addresses, "ip_addresses"))
-    credit_limit = 0
-    try:
-        credit_limit = money_in("credit_limit", body.credit_limit)
-    except ApiError as error:
-        errors.extend(error.errors)
+    errors = FieldErrors()
+    errors.check(lambda: _check_rate_group(api, parent, body.rate_group, "rate_group"), None)
+    errors.add(_check_addresses(body.ip_addresses, "ip_addresses"))
+    credit_limit = errors.check(lambda: money_in("credit_limit", body.credit_limit), 0)
     low_balance = None
     if body.low_balance_threshold is not None:
-        try:
-            low_balance = money_in("low_balance_threshold", body.low_balance_threshold)
-        except ApiError as error:
-            errors.extend(error.errors)
+        threshold = body.low_balance_threshold
+        low_balance = errors.check(lambda: money_in("low_balance_threshold", threshold), None)
     if body.balance is not None:
-        try:
-            money_in("balance", body.balance)
-        except ApiError as error:
-            errors.extend(error.errors)
-    expires = None
-    try:
-        expires = _expiry("expires_at", body.expires_at, body.valid_days, time.time())
-    except ApiError as error:
-        errors.extend(error.errors)
+        balance = body.balance
+        errors.check(lambda: money_in("balance", balance), 0)
+    expires = errors.check(
+        lambda: _expiry("expires_at", body.expires_at, body.valid_days, time.time()), None
+    )
     if body.number is not None and body.number in api.engine.hierarchy.by_number:
-        errors.append(FieldError("number", "is taken"))
-    if errors:
-        raise invalid(errors)
+        errors.add([FieldError("number", "is taken")])
+    errors.raise_if_any()
     row = store.AccountRow(
         number=body.number or _new_number(api),
         kind=body.kind,
@@ -580,7 +567,7 @@ async def patch_account(api: Api, call: Call) -> AccountOut:
         raise forbidden("an account cannot change its own limits")
     body: AccountPatch = call.body
     changes: dict[str, Any] = {}
-    errors: list[FieldError] = []
+    errors = FieldErrors()
     assert account.parent is not None
     for name in ("billing", "currency", "max_concurrent", "cps", "password", "pin", "cli_policy",
                  "status", "valid_days", "sip_username", "tech_prefix", "caller_ids",
@@ -588,35 +575,31 @@ async def patch_account(api: Api, call: Call) -> AccountOut:
         value = getattr(body, name)
         if value is not UNSET:
             changes[name] = value
+    # A failed check leaves a placeholder in `changes`: raise_if_any below refuses them all.
     if body.rate_group is not UNSET:
-        try:
-            _check_rate_group(api, account.parent, body.rate_group, "rate_group")
-            changes["rate_group_id"] = body.rate_group
-        except ApiError as error:
-            errors.extend(error.errors)
+        parent, group = account.parent, body.rate_group
+        errors.check(lambda: _check_rate_group(api, parent, group, "rate_group"), None)
+        changes["rate_group_id"] = group
     for name in ("credit_limit", "low_balance_threshold"):
         value = getattr(body, name)
-        if value is UNSET:
-            continue
-        try:
-            changes[f"{name}_micros"] = None if value is None else money_in(name, value)
-        except ApiError as error:
-            errors.extend(error.errors)
-    if body.expires_at is not UNSET:
-        try:
-            changes["expires_at"] = (
-                None if body.expires_at is None else parse_time("expires_at", body.expires_at)
+        if value is not UNSET:
+            changes[f"{name}_micros"] = (
+                None if value is None else errors.check(partial(money_in, name, value), None)
             )
-        except ApiError as error:
-            errors.extend(error.errors)
+    if body.expires_at is not UNSET:
+        expires_at = body.expires_at
+        changes["expires_at"] = (
+            None
+            if expires_at is None
+            else errors.check(lambda: parse_time("expires_at", expires_at), None)
+        )
     if body.ip_addresses is not UNSET:
-        errors.extend(_check_addresses(body.ip_addresses, "ip_addresses"))
+        errors.add(_check_addresses(body.ip_addresses, "ip_addresses"))
     if body.profile is not UNSET:
         changes["profile"] = msgspec.json.encode(body.profile).decode()
     if body.invoice_settings is not UNSET:
         changes["invoice_settings"] = msgspec.json.encode(body.invoice_settings).decode()
-    if errors:
-        raise invalid(errors)
+    errors.raise_if_any()
     if not changes:
         return await get_account(api, call)
     identifiers = {"sip_username", "caller_ids", "ip_addresses"} & changes.keys()
@@ -740,26 +723,7 @@ async def delete_account(api: Api, call: Call) -> Response:
 
 def end_calls(api: Api, account: Account) -> list[StopResult]:
     """End every call through `account` now, charging what was used."""
-    engine = api.engine
-    now = engine.clock()
-    results = []
-    for session in list(engine.active_sessions(account)):
-        active = session.state is SessionState.ACTIVE
-        used = max(0, int(now - session.start_ms / 1000)) if active else 0
-        stopped = engine.stop(
-            AccountingRequest(
-                nas=session.nas,
-                session_id=session.session_id or f"auth-{session.num}",
-                duration_seconds=used,
-                disconnect_cause="account-deleted",
-            )
-        )
-        if isinstance(stopped, StopResult) and session.session_id:
-            results.append(stopped)
-    for session in list(engine.active_sessions(account)):
-        if session.state is SessionState.PENDING:
-            engine._release(session)  # authorized, never started: nothing to charge
-    return results
+    return api.engine.end_calls_through(account, "account-deleted")
 
 
 # -- mass create, import, export ---------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.responses import Response
@@ -98,3 +99,28 @@ def field_error(field: str, message: str) -> ApiError:
 
 def encode(value: Any) -> bytes:
     return msgspec.json.encode(value)
+
+
+T = TypeVar("T")
+
+
+class FieldErrors:
+    """The field errors of several checks, gathered so that one response names every bad field."""
+
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def check(self, checked: Callable[[], T], default: T) -> T:
+        """`checked()`, or `default` with its field errors kept when it raises ApiError."""
+        try:
+            return checked()
+        except ApiError as error:
+            self.errors.extend(error.errors)
+            return default
+
+    def add(self, errors: list[FieldError]) -> None:
+        self.errors.extend(errors)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise invalid(self.errors)
