@@ -50,7 +50,8 @@ async def test_migrations_apply_from_empty_and_rerun_is_a_no_op(
 
 async def test_a_changed_applied_migration_is_an_error(database_url: str) -> None:
     shipped = shipped_migrations()
-    changed = [Migration(shipped[0].version, shipped[0].name, shipped[0].sql + "\n-- edited")]
+    first = shipped[0]
+    changed = [Migration(first.version, first.name, first.sql + "\n-- edited"), *shipped[1:]]
     async with Bridge(database_url) as bridge:
         with pytest.raises(MigrationError, match="changed after it was applied"):
             await bridge.run(migrate, changed)

@@ -94,6 +94,17 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, _TRANSIENT)
 
 
+class _Queued:
+    """Writes queued or in flight, over every writer of the process: the queue-depth gauge reads
+    it when scraped, so that a write does not pay for updating it."""
+
+    count = 0
+
+
+_queued = _Queued()
+LEDGER_QUEUE_DEPTH.set_function(lambda: _queued.count)
+
+
 class _Waiter:
     __slots__ = ("arrived", "done", "error", "item", "outcome")
 
@@ -119,15 +130,16 @@ class Writer:
         self.batch_max = batch_max
         self.retry_seconds_max = retry_seconds_max
         self._send, self._receive = trio.open_memory_channel[_Waiter](queue_max)
-        self._depth = 0
         self.committed_batches = 0
 
     async def write(self, item: LedgerWrite) -> WriteOutcome:
         """Queue `item` and return once it is committed (or known committed before)."""
         waiter = _Waiter(item)
-        self._depth += 1
-        LEDGER_QUEUE_DEPTH.set(self._depth)
-        await self._send.send(waiter)
+        try:
+            self._send.send_nowait(waiter)  # the usual case: no scheduling round trip here
+        except trio.WouldBlock:
+            await self._send.send(waiter)  # full: wait for room (backpressure)
+        _queued.count += 1
         # Once queued, the write will be committed even if this caller is cancelled; the caller
         # just stops waiting for the news.
         await waiter.done.wait()
@@ -174,8 +186,7 @@ class Writer:
             await self._commit_with_retry(batch)
         finally:
             in_flight.release_on_behalf_of(token)
-        self._depth -= len(batch)
-        LEDGER_QUEUE_DEPTH.set(self._depth)
+        _queued.count -= len(batch)
 
     async def _commit_with_retry(self, batch: list[_Waiter], batch_id: int = 0) -> None:
         # Kept when a batch is split below: an earlier attempt may have committed it.
