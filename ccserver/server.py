@@ -23,6 +23,7 @@ from ccserver.admin_api.app import Api, create_app
 from ccserver.admin_api.auth import TokenStore, fetch_tokens
 from ccserver.admin_api.nas_clients import load_nas_clients
 from ccserver.config import Config
+from ccserver.ledger.bridge import Bridge
 from ccserver.ledger.database import open_database
 from ccserver.ledger.loader import build_engine, fetch_snapshot
 from ccserver.ledger.writer import Writer
@@ -89,9 +90,10 @@ async def serve_http(
     )
 
 
-async def load_engine(api_config: Config, bridge: object) -> Engine:
+async def load_engine(api_config: Config, bridge: Bridge) -> Engine:
     started = time.perf_counter()
-    snapshot = await bridge.run(fetch_snapshot)  # type: ignore[attr-defined]
+    # With the DSN the snapshot is read on several connections at once (one instant still).
+    snapshot = await bridge.run(fetch_snapshot, bridge.dsn)
     engine = build_engine(
         snapshot,
         max_call_seconds=api_config.engine.max_call_seconds,

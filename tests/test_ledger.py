@@ -3,6 +3,7 @@ check-ledger."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -12,6 +13,9 @@ import asyncpg
 import pytest
 import trio
 
+from ccserver.actors.account import Account, AccountKind, Billing, CliPolicy, CpsWindow, Status
+from ccserver.actors.engine import Engine
+from ccserver.actors.hierarchy import Hierarchy, HierarchyError
 from ccserver.actors.messages import (
     AccountingRequest,
     CallRequest,
@@ -20,10 +24,21 @@ from ccserver.actors.messages import (
     StopResult,
     Transfer,
 )
+from ccserver.actors.session import LevelCharge, Session
 from ccserver.ledger.bridge import Bridge
 from ccserver.ledger.check import check_ledger
+from ccserver.ledger.loader import READ_CONNECTIONS, build_engine, fetch_snapshot
 from ccserver.ledger.migrate import Migration, MigrationError, migrate, shipped_migrations
+from ccserver.ledger.store import (
+    AccountRow,
+    create_account,
+    create_accounts_bulk,
+    create_rate_group,
+    upsert_rates,
+)
 from ccserver.ledger.writer import LedgerWrite, LedgerWriteError, Writer
+from ccserver.rating.prefix_index import PrefixIndex
+from ccserver.rating.tariff import Rate, RateGroup
 from tests.ledger_world import UNIT, load, open_session_of, seed
 
 
@@ -264,3 +279,470 @@ def test_check_ledger_command_reports_a_tampered_balance(database_url: str) -> N
     assert dirty.returncode == 1
     assert "ledger account 5 holds 7 but its transfers sum to 0" in dirty.stdout
     assert "MUST BE 0" in dirty.stdout
+
+
+# -- the start-up load at scale: its bulk paths build what the one-by-one paths built ----------
+
+CLOCK_NOW = 1_700_000_000.0
+
+
+async def seed_varied(bridge: Bridge) -> dict[str, int]:
+    """Every field an account can have, nested resellers whose rows the table gives after their
+    children's (updated after them), a deleted account, two tariffs whose rates come
+    interleaved, personal rates, balances and open calls (one of them with no rate)."""
+
+    async def go(connection: Any) -> dict[str, int]:
+        g1 = await create_rate_group(connection, "retail")
+        g2 = await create_rate_group(
+            connection, "wholesale", precision=2, rounding="half_up", markup_ppm=150_000
+        )
+        await upsert_rates(connection, g1, [Rate("44", "UK", 0, 600_000)])
+        await upsert_rates(
+            connection,
+            g2,
+            [
+                Rate("44", "UK", 10_000, 900_000, 5, 30, 6),
+                Rate("33", "FR", 0, 1),
+                Rate("1", "US", 0, 150_000),
+            ],
+        )
+        await upsert_rates(
+            connection, g1, [Rate("4420", "London", 0, 500_000), Rate("1", "US", 0, 100_000)]
+        )
+        ids = {"g1": g1, "g2": g2}
+        ids["r1"] = await create_account(
+            connection,
+            AccountRow(
+                number="r1",
+                kind="reseller",
+                parent_id=1,
+                rate_group_id=g1,
+                billing="postpaid",
+                credit_limit_micros=50 * UNIT,
+                currency="EUR",
+                max_concurrent=5,
+                cps=3,
+            ),
+        )
+        ids["r2"] = await create_account(
+            connection,
+            AccountRow(number="r2", kind="reseller", parent_id=ids["r1"], rate_group_id=g2),
+        )
+        ids["c1"] = await create_account(
+            connection,
+            AccountRow(
+                number="c1",
+                kind="customer",
+                parent_id=ids["r2"],
+                rate_group_id=g2,
+                password="secret",
+                pin="1234",
+                sip_username="c1sip",
+                caller_ids=["4930111", "4930112"],
+                cli_policy="listed",
+                ip_addresses=["10.0.0.0/24"],
+                tech_prefix="99#",
+                blocked_prefixes=["900", "901"],
+                expires_at=CLOCK_NOW + 86_400.5,
+            ),
+        )
+        ids["c2"] = await create_account(
+            connection,
+            AccountRow(number="c2", kind="customer", parent_id=ids["r1"], status="suspended"),
+        )
+        ids["a1"] = await create_account(
+            connection,
+            AccountRow(number="a1", kind="agent", parent_id=ids["r1"], rate_group_id=g1),
+        )
+        ids["p1"] = await create_account(
+            connection, AccountRow(number="p1", kind="provider", parent_id=1, currency="a/b")
+        )
+        await create_account(
+            connection, AccountRow(number="gone", kind="customer", parent_id=1, status="deleted")
+        )
+        # Enough accounts for a table of several pages, that a parallel read splits.
+        await create_accounts_bulk(
+            connection,
+            [
+                AccountRow(number=f"bulk{n}", kind="customer", parent_id=ids["r2"], cps=n % 3)
+                for n in range(150)
+            ],
+        )
+        # An update writes a new row version at the end of the table: the resellers now come
+        # after their children in a scan.
+        await connection.execute("UPDATE accounts SET cps = cps WHERE number IN ('r2', 'r1')")
+        await connection.executemany(
+            "INSERT INTO account_rates (account_id, prefix, destination, per_minute_micros)"
+            " VALUES ($1, $2, $3, $4)",
+            [(ids["c2"], "4420", "London", 300_000), (ids["c1"], "1", "US", 200_000)],
+        )
+        for name, balance in (("r1", -7 * UNIT), ("c1", 3 * UNIT), ("a1", 1)):
+            await connection.execute(
+                "UPDATE balances SET balance_micros = $2 WHERE ledger_account_id = $1",
+                ids[name] * 4,
+                balance,
+            )
+        await connection.executemany(
+            "INSERT INTO sessions (nas, session_id, account_id, calling, called, started_at,"
+            " authorized) VALUES ('nas1', $1, $2, '4930111', $3, to_timestamp($4), $5)",
+            [
+                ("s1", ids["c1"], "442071234567", CLOCK_NOW - 90.25, True),
+                ("s2", ids["c2"], "442071234567", CLOCK_NOW - 5, False),
+                ("s3", ids["c1"], "12125550100", CLOCK_NOW - 1, True),
+                ("s4", ids["a1"], "777", CLOCK_NOW - 1, True),  # no rate: not restored
+            ],
+        )
+        return ids
+
+    return await bridge.run(go)
+
+
+def reference_engine(rows: dict[str, Any]) -> Engine:
+    """The engine as the start-up load built it one account, one rate at a time (through
+    `Account()`, `Hierarchy.add` and `PrefixIndex.put`), from rows read by name."""
+    groups = {
+        row["id"]: RateGroup(
+            row["id"], row["name"], row["owner_id"], row["precision"], row["rounding"],
+            row["markup_ppm"],
+        )
+        for row in rows["groups"]
+    }  # fmt: skip
+    for row in rows["rates"]:
+        groups[row[0]].index.put(row[1], Rate(*row[1:]))
+    hierarchy = Hierarchy()
+    by_id = {row["id"]: row for row in rows["accounts"]}
+    ordered: list[Any] = []
+    placed: set[int] = set()
+    for row in rows["accounts"]:
+        path = []
+        node = row
+        while node is not None and node["id"] not in placed:
+            path.append(node)
+            node = by_id.get(node["parent_id"])
+        for item in reversed(path):
+            placed.add(item["id"])
+            ordered.append(item)
+    for row in ordered:
+        if row["parent_id"] is None:
+            continue
+        parent = hierarchy.get(row["parent_id"])
+        assert parent is not None
+        account = Account(
+            row["id"],
+            row["number"],
+            AccountKind(row["kind"]),
+            parent,
+            status=Status(row["status"]),
+            billing=Billing(row["billing"]),
+            credit_limit_micros=row["credit_limit_micros"],
+            balance_micros=rows["balances"].get(row["id"] * 4, 0),
+            currency=row["currency"],
+            rate_group=groups.get(row["rate_group_id"]) if row["rate_group_id"] else None,
+            max_concurrent=row["max_concurrent"],
+            cps=row["cps"],
+            expires_at=row["expires_at"],
+            password=row["password"],
+            pin=row["pin"],
+            sip_username=row["sip_username"],
+            ip_addresses=tuple(row["ip_addresses"]),
+            tech_prefix=row["tech_prefix"],
+            caller_ids=tuple(row["caller_ids"]),
+            cli_policy=CliPolicy(row["cli_policy"]),
+        )
+        if row["blocked_prefixes"]:
+            account.set_blocked_prefixes(tuple(row["blocked_prefixes"]))
+        hierarchy.add(account)
+    for row in rows["personal"]:
+        owner = hierarchy.get(row[0])
+        assert owner is not None
+        if owner.personal_rates is None:
+            owner.personal_rates = PrefixIndex()
+        owner.personal_rates.put(row[1], Rate(*row[1:]))
+    engine = Engine(hierarchy, clock=lambda: CLOCK_NOW)
+    engine.rate_groups = groups
+    for row in rows["sessions"]:
+        engine.restore_session(
+            row["nas"],
+            row["session_id"],
+            row["account_id"],
+            username=row["username"],
+            calling=row["calling"],
+            called=row["called"],
+            started_at=row["started_at"],
+            authorized=row["authorized"],
+        )
+    return engine
+
+
+async def read_by_name(connection: Any) -> dict[str, Any]:
+    """What the start-up load reads, by name, in the order of the table (as the load reads it:
+    joined to the balances, the order was whatever the join's plan made it)."""
+    async with connection.transaction(isolation="repeatable_read", readonly=True):
+        return {
+            "accounts": await connection.fetch(
+                """SELECT *, extract(epoch from expires_at)::float8 AS expires_at
+                   FROM accounts WHERE status <> 'deleted'"""
+            ),
+            "balances": dict(
+                await connection.fetch(
+                    "SELECT ledger_account_id, balance_micros FROM balances"
+                    " WHERE ledger_account_id % 4 = 0"
+                )
+            ),
+            "groups": await connection.fetch("SELECT * FROM rate_groups"),
+            "rates": await connection.fetch(
+                "SELECT rate_group_id, prefix, destination, connect_fee_micros,"
+                " per_minute_micros, free_seconds, first_increment_seconds,"
+                " next_increment_seconds FROM rates"
+            ),
+            "personal": await connection.fetch(
+                "SELECT account_id, prefix, destination, connect_fee_micros,"
+                " per_minute_micros, free_seconds, first_increment_seconds,"
+                " next_increment_seconds FROM account_rates"
+            ),
+            "sessions": await connection.fetch(
+                "SELECT *, extract(epoch from started_at)::float8 AS started_at FROM sessions"
+            ),
+        }
+
+
+def plain(value: Any) -> Any:
+    """`value` as plain data, each engine object it refers to by that object's id: two engines
+    then compare by content, not by identity."""
+    if isinstance(value, Account):
+        return ("account", value.id)
+    if isinstance(value, RateGroup):
+        return ("group", value.id)
+    if isinstance(value, PrefixIndex):
+        return ("index", sorted(value.items()), value._lengths, value._lengths_count)
+    if isinstance(value, CpsWindow):
+        return ("cps", value.limit, list(value._ring))
+    if isinstance(value, LevelCharge | Session):
+        fields = [name for name in value.__struct_fields__ if name != "session"]
+        return {name: plain(getattr(value, name)) for name in fields}
+    if isinstance(value, tuple | list):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+
+def account_content(account: Account) -> dict[str, Any]:
+    return {name: plain(getattr(account, name)) for name in Account.__slots__}
+
+
+def group_content(group: RateGroup) -> Any:
+    return (
+        group.id, group.name, group.owner_id, group.precision, group.rounding, group.markup_ppm,
+        plain(group.index), sorted(group._priced), group._generation,
+    )  # fmt: skip
+
+
+def engine_content(engine: Engine) -> dict[str, Any]:
+    hierarchy = engine.hierarchy
+    return {
+        "accounts": [account_content(account) for account in hierarchy],
+        "by_number": plain(list(hierarchy.by_number.items())),
+        "by_sip": plain(hierarchy.by_sip),
+        "by_ani": plain(hierarchy.by_ani),
+        "by_ip": plain(hierarchy.by_ip._by_key),
+        "ip_lengths": hierarchy.by_ip._lengths,
+        "groups": {key: group_content(group) for key, group in engine.rate_groups.items()},
+        "sessions": plain(engine.sessions),
+        "session_seq": engine._session_seq,
+        "hold_expiries": [(at, num) for at, num, _ in engine._hold_expiries],
+        "deadlines": engine._deadlines,
+        "deadline_live": engine._deadline_live,
+        "joins": plain(engine._joins),
+    }
+
+
+def assert_same_engine(built: Engine, reference: Engine) -> None:
+    for mine, theirs in zip(built.hierarchy, reference.hierarchy, strict=True):
+        assert account_content(mine) == account_content(theirs), mine
+    assert engine_content(built) == engine_content(reference)
+    built.check_invariants()
+
+
+async def test_the_start_up_load_builds_the_engine_it_built_one_account_at_a_time(
+    database_url: str,
+) -> None:
+    async with Bridge(database_url) as bridge:
+        ids = await seed_varied(bridge)
+        reference = reference_engine(await bridge.run(read_by_name))
+        pages = await bridge.run(
+            lambda c: c.fetchval(
+                "SELECT pg_relation_size('accounts') / current_setting('block_size')::int"
+            )
+        )
+        assert pages >= 3
+        for snapshot in (
+            await bridge.run(fetch_snapshot),
+            await bridge.run(fetch_snapshot, database_url),
+        ):
+            engine = build_engine(snapshot, clock=lambda: CLOCK_NOW)
+            assert_same_engine(engine, reference)
+    # What a user of the engine sees of it, beyond equal to the reference: the loaded world.
+    assert len(engine.hierarchy) == 157  # the operator and 156 accounts; not the deleted one
+    assert set(engine.sessions) == {("nas1", "s1"), ("nas1", "s2"), ("nas1", "s3")}
+    r1, r2, c1 = (engine.hierarchy.get(ids[name]) for name in ("r1", "r2", "c1"))
+    assert r1 is not None and r2 is not None and c1 is not None
+    assert c1.parent is r2 and r2.parent is r1 and c1.chain() == [c1, r2, r1]
+    assert (r1.balance_micros, c1.balance_micros, r1.floor_micros) == (
+        -7 * UNIT,
+        3 * UNIT,
+        -50 * UNIT,
+    )
+    assert r1.calls == 3 and c1.calls == 2 and c1.blocked_prefixes() == ("900", "901")
+    assert engine.hierarchy.by_ani["4930112"] is c1
+    assert engine.hierarchy.by_ip.find("10.0.0.7") is c1
+    assert engine.rate_groups[ids["g1"]].lookup("442071") == Rate("4420", "London", 0, 500_000)
+    p1 = engine.hierarchy.get(ids["p1"])
+    assert p1 is not None and p1.currency == "a/b"
+
+
+async def test_a_parallel_read_is_one_instant(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extra connections open after the first one took its snapshot, and a write commits
+    in between: none of them sees it."""
+    async with Bridge(database_url) as bridge:
+        ids = await seed_varied(bridge)
+        connect = asyncpg.connect
+        connects = 0
+        written_at: list[bool] = []  # the write is committed
+
+        async def connect_after_a_write(dsn: str, **options: Any) -> Any:
+            nonlocal connects
+            connects += 1
+            if connects == 1:
+                writer = await connect(dsn)
+                await writer.execute(
+                    "UPDATE balances SET balance_micros = 42 WHERE ledger_account_id = $1",
+                    ids["c1"] * 4,
+                )
+                await writer.execute(
+                    "INSERT INTO sessions (nas, session_id, account_id, called, started_at)"
+                    " VALUES ('nas1', 'late', $1, '4420', now())",
+                    ids["c1"],
+                )
+                await writer.execute(
+                    "INSERT INTO rates (rate_group_id, prefix, per_minute_micros)"
+                    " VALUES ($1, '49', 1)",
+                    ids["g1"],
+                )
+                await writer.close()
+                written_at.append(True)
+            while not written_at:
+                await asyncio.sleep(0.01)
+            return await connect(dsn, **options)
+
+        monkeypatch.setattr(asyncpg, "connect", connect_after_a_write)
+        before = build_engine(await bridge.run(fetch_snapshot, database_url))
+        monkeypatch.undo()
+        after = build_engine(await bridge.run(fetch_snapshot, database_url))
+    assert connects == READ_CONNECTIONS - 1
+    c1_before, c1_after = before.hierarchy.get(ids["c1"]), after.hierarchy.get(ids["c1"])
+    assert c1_before is not None and c1_after is not None
+    assert (c1_before.balance_micros, c1_after.balance_micros) == (3 * UNIT, 42)
+    assert ("nas1", "late") not in before.sessions and ("nas1", "late") in after.sessions
+    assert before.rate_groups[ids["g1"]].lookup("4930") is None
+    assert after.rate_groups[ids["g1"]].lookup("4930") is not None
+
+
+async def test_a_parallel_read_that_cannot_connect_reads_on_one_connection(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Bridge(database_url) as bridge:
+        await seed_varied(bridge)
+        reference = reference_engine(await bridge.run(read_by_name))
+        connect = asyncpg.connect
+        attempts = 0
+
+        async def second_one_fails(dsn: str, **options: Any) -> Any:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 2:
+                raise OSError("too many clients")
+            return await connect(dsn, **options)
+
+        monkeypatch.setattr(asyncpg, "connect", second_one_fails)
+        snapshot = await bridge.run(fetch_snapshot, database_url)
+        monkeypatch.undo()
+        others = -1
+        with trio.move_on_after(5):
+            while others:  # a closed connection's server process exits a moment later
+                others = await bridge.run(
+                    lambda c: c.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+                await trio.sleep(0.05)
+    assert attempts == READ_CONNECTIONS - 1
+    assert_same_engine(build_engine(snapshot, clock=lambda: CLOCK_NOW), reference)
+    assert others == 0  # the connections that did open are closed
+
+
+def test_a_restored_account_is_the_account_init_builds() -> None:
+    """Every slot of `Account.restored` is `Account()`'s, chain cached or not."""
+    hierarchy = Hierarchy()
+    group = RateGroup(1, "g")
+    reseller = Account(2, "r", AccountKind.RESELLER, hierarchy.operator, cps=5)
+    hierarchy.add(reseller)
+    fields: dict[str, Any] = {
+        "status": Status.SUSPENDED,
+        "billing": Billing.POSTPAID,
+        "credit_limit_micros": 7 * UNIT,
+        "balance_micros": -3,
+        "currency": "EUR",
+        "rate_group": group,
+        "max_concurrent": 4,
+        "cps": 2,
+        "expires_at": 1.5,
+        "password": "pw",
+        "pin": "12",
+        "sip_username": "sip",
+        "ip_addresses": ("10.0.0.1",),
+        "tech_prefix": "9#",
+        "caller_ids": ("49",),
+        "cli_policy": CliPolicy.LISTED,
+    }
+    built = Account(3, "c", AccountKind.CUSTOMER, reseller, **fields)
+    built.chain_tuple()
+    restored = Account.restored(3, "c", AccountKind.CUSTOMER, reseller, *fields.values())
+    assert account_content(restored) == account_content(built)
+    assert reseller.children == 2
+    default = Account.restored(
+        4, "d", AccountKind.CUSTOMER, hierarchy.operator, Status.ACTIVE, Billing.PREPAID, 0, 0,
+        "USD", None, 0, 0, None, None, None, None, (), "", (), CliPolicy.ANY,
+    )  # fmt: skip
+    assert account_content(default) == account_content(
+        Account(4, "d", AccountKind.CUSTOMER, hierarchy.operator).chain_tuple()[0]
+    )
+
+
+async def test_a_caller_id_of_two_accounts_fails_the_start_up_load(database_url: str) -> None:
+    """Caller IDs are not unique in the ledger: the load refuses a second holder, as `add`."""
+    async with Bridge(database_url) as bridge:
+        await seed_varied(bridge)
+        await bridge.run(
+            lambda c: create_account(
+                c,
+                AccountRow(number="c9", kind="customer", parent_id=1, caller_ids=["4930112"]),
+            )
+        )
+        snapshot = await bridge.run(fetch_snapshot, database_url)
+    with pytest.raises(HierarchyError, match="caller ID 4930112 belongs to account c1"):
+        build_engine(snapshot)
+
+
+def test_an_account_number_twice_is_refused_in_bulk() -> None:
+    hierarchy = Hierarchy()
+    fields = (Status.ACTIVE, Billing.PREPAID, 0, 0, "USD", None, 0, 0, None, None, None, None)
+    tail = ((), "", (), CliPolicy.ANY)
+    operator = hierarchy.operator
+    first = Account.restored(2, "same", AccountKind.CUSTOMER, operator, *fields, *tail)
+    second = Account.restored(3, "same", AccountKind.CUSTOMER, operator, *fields, *tail)
+    with pytest.raises(HierarchyError, match="came twice"):
+        hierarchy.add_restored([first, second])
