@@ -164,6 +164,111 @@ class Account:
     ) -> None:
         assert (parent is None) == (kind is AccountKind.OPERATOR), "only the operator is a root"
         assert parent is None or parent.kind in PARENT_KINDS, "only resellers have children"
+        self._fill(
+            id,
+            number,
+            kind,
+            parent,
+            status,
+            billing,
+            credit_limit_micros,
+            balance_micros,
+            currency,
+            rate_group,
+            max_concurrent,
+            cps,
+            expires_at,
+            password,
+            pin,
+            sip_username,
+            ip_addresses,
+            tech_prefix,
+            caller_ids,
+            cli_policy,
+        )
+
+    @classmethod
+    def restored(
+        cls,
+        id: int,
+        number: str,
+        kind: AccountKind,
+        parent: Account,
+        status: Status,
+        billing: Billing,
+        credit_limit_micros: int,
+        balance_micros: int,
+        currency: str,
+        rate_group: RateGroup | None,
+        max_concurrent: int,
+        cps: int,
+        expires_at: float | None,
+        password: str | None,
+        pin: str | None,
+        sip_username: str | None,
+        ip_addresses: tuple[str, ...],
+        tech_prefix: str,
+        caller_ids: tuple[str, ...],
+        cli_policy: CliPolicy,
+    ) -> Account:
+        """`Account(...)` of a child account with every field given by position, its chain
+        cached: for the start-up load of a million accounts, the same account in half the time
+        (no keyword matching, no defaults to fill); both set every slot through `_fill`."""
+        assert parent.kind._value_ in _PARENT_KIND_VALUES, "only resellers have children"
+        assert kind is not _OPERATOR, "only the operator is a root"
+        self = object.__new__(cls)
+        self._fill(
+            id,
+            number,
+            kind,
+            parent,
+            status,
+            billing,
+            credit_limit_micros,
+            balance_micros,
+            currency,
+            rate_group,
+            max_concurrent,
+            cps,
+            expires_at,
+            password,
+            pin,
+            sip_username,
+            ip_addresses,
+            tech_prefix,
+            caller_ids,
+            cli_policy,
+        )
+        # The chain, cached as `chain_tuple` would (the parent's was cached when it was added;
+        # the root's is empty).
+        self._chain = (self,) if parent.parent is None else (self, *parent.chain_tuple())
+        self._chain_epoch = _chain_epoch
+        return self
+
+    def _fill(
+        self,
+        id: int,
+        number: str,
+        kind: AccountKind,
+        parent: Account | None,
+        status: Status,
+        billing: Billing,
+        credit_limit_micros: int,
+        balance_micros: int,
+        currency: str,
+        rate_group: RateGroup | None,
+        max_concurrent: int,
+        cps: int,
+        expires_at: float | None,
+        password: str | None,
+        pin: str | None,
+        sip_username: str | None,
+        ip_addresses: tuple[str, ...],
+        tech_prefix: str,
+        caller_ids: tuple[str, ...],
+        cli_policy: CliPolicy,
+    ) -> None:
+        """Every slot, from `__init__` and `restored` alike (the chain is left to them)."""
         assert credit_limit_micros >= 0
         assert max_concurrent >= 0
         assert 0 <= cps <= CPS_LIMIT_MAX
@@ -216,84 +321,6 @@ class Account:
         self._chain_epoch = -1
         if parent is not None:
             parent.children += 1
-
-    @classmethod
-    def restored(
-        cls,
-        id: int,
-        number: str,
-        kind: AccountKind,
-        parent: Account,
-        status: Status,
-        billing: Billing,
-        credit_limit_micros: int,
-        balance_micros: int,
-        currency: str,
-        rate_group: RateGroup | None,
-        max_concurrent: int,
-        cps: int,
-        expires_at: float | None,
-        password: str | None,
-        pin: str | None,
-        sip_username: str | None,
-        ip_addresses: tuple[str, ...],
-        tech_prefix: str,
-        caller_ids: tuple[str, ...],
-        cli_policy: CliPolicy,
-    ) -> Account:
-        """`Account(...)` of a child account with every field given by position, its chain
-        cached: for the start-up load of a million accounts, the same account in half the time
-        (no keyword matching, no defaults to fill). Keep in step with `__init__`: a test compares
-        every slot of the two."""
-        assert parent.kind._value_ in _PARENT_KIND_VALUES, "only resellers have children"
-        assert kind is not _OPERATOR, "only the operator is a root"
-        assert credit_limit_micros >= 0
-        assert max_concurrent >= 0
-        assert 0 <= cps <= CPS_LIMIT_MAX
-        self = object.__new__(cls)
-        self.id = id
-        self.number = number
-        self.kind = kind
-        self.parent = parent
-        self.depth = parent.depth + 1
-        self.children = 0
-        self.status = status
-        self._billing = billing
-        self._credit_limit_micros = credit_limit_micros
-        self.floor_micros = -credit_limit_micros if billing is _POSTPAID else 0  # _floor_of
-        self.balance_micros = balance_micros
-        self.currency = currency
-        self.rate_group = rate_group
-        self.personal_rates = None
-        self.max_concurrent = max_concurrent
-        self.cps = cps
-        self.cps_window = CpsWindow(cps) if cps else None
-        self.expires_at = expires_at
-        self.blocked = None
-        self.password = password
-        self.pin = pin
-        self.sip_username = sip_username
-        self.ip_addresses = ip_addresses
-        self.tech_prefix = tech_prefix
-        self.caller_ids = caller_ids
-        self.cli_policy = cli_policy
-        self.calls = 0
-        self.pending_hold_micros = 0
-        self.active_charges = {}
-        self.active_base_micros = 0
-        self.mature_rate_sum = 0
-        self.mature_rate_time_sum = 0
-        self.young_rate_sum = 0
-        self._young = None
-        self._deadline_version = 0
-        self.deadline_ms = None
-        self.deadline_margin = 0
-        # The chain, cached as `chain_tuple` would (the parent's was cached when it was added;
-        # the root's is empty).
-        self._chain = (self,) if parent.parent is None else (self, *parent.chain_tuple())
-        self._chain_epoch = _chain_epoch
-        parent.children += 1
-        return self
 
     def __repr__(self) -> str:
         return f"Account({self.number!r}, {self.kind.value}, balance={self.balance_micros})"

@@ -20,7 +20,6 @@ import contextlib
 import gc
 import re
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from itertools import groupby
 from operator import itemgetter
@@ -220,7 +219,7 @@ def build_engine(
             groups[row[0]] = RateGroup(row[0], row[1], row[2], row[3], row[4], row[5])
         for group_id, rates in _rates_by_group(snapshot.rates).items():
             # The database's CHECK constraints already validated every rate.
-            _fill_index(groups[group_id].index, rates)
+            groups[group_id].index.update(rates)
         hierarchy = Hierarchy()
         hierarchy.add_restored(
             _restored_accounts(snapshot.accounts, hierarchy.by_id, snapshot.balances, groups)
@@ -254,19 +253,6 @@ def build_engine(
                 authorized=row[7],
             )
         return engine
-
-
-def _fill_index(index: PrefixIndex[Rate], rates: dict[str, Rate]) -> None:
-    """`index.put` of every rate, in bulk: one dict update and one count of the lengths, rather
-    than a digit check (made by the database already) and two dict updates per prefix."""
-    if not rates:
-        return
-    # PrefixIndex has no bulk path of its own; these are the fields its `put` keeps.
-    by_prefix = index._by_prefix
-    by_prefix.update(rates)
-    counts = Counter(map(len, by_prefix))
-    index._lengths_count = dict(counts)
-    index._lengths = tuple(sorted(counts, reverse=True))
 
 
 def _restored_accounts(

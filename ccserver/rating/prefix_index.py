@@ -7,6 +7,7 @@ number, whatever the size of the table (1,000,000 prefixes and more).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -53,6 +54,16 @@ class PrefixIndex(Generic[V]):
             if count == 0:
                 self._lengths = tuple(sorted(self._lengths_count, reverse=True))
         self._by_prefix[prefix] = value
+
+    def update(self, values: dict[str, V]) -> None:
+        """`put` of many prefixes at once (a tariff loaded whole): one dict update and one count
+        of the lengths. The prefixes must be digit strings; the caller has checked them."""
+        if not values:
+            return
+        by_prefix = self._by_prefix
+        by_prefix.update(values)
+        self._lengths_count = dict(Counter(map(len, by_prefix)))
+        self._lengths = tuple(sorted(self._lengths_count, reverse=True))
 
     def remove(self, prefix: str) -> bool:
         if prefix not in self._by_prefix:
