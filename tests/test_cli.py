@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
-from ccserver.ledger.embedded import EmbeddedPostgres
+from ccserver.ledger.embedded import SERVER_SETTINGS, EmbeddedPostgres
 from tests.server_harness import Server, ok, problem
 
 
@@ -124,3 +124,22 @@ def test_a_second_process_on_the_embedded_postgres_does_not_stop_it(tmp_path: Pa
     finally:
         first.stop()
     assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
+
+
+async def _setting(dsn: str, name: str) -> str:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return str(await connection.fetchval(f"SHOW {name}"))
+    finally:
+        await connection.close()
+
+
+def test_the_embedded_postgres_runs_with_its_settings_after_a_restart(tmp_path: Path) -> None:
+    for _ in range(2):  # made, then found in its data dir
+        embedded = EmbeddedPostgres(tmp_path)
+        embedded.start()
+        try:
+            for name, value in SERVER_SETTINGS.items():
+                assert asyncio.run(_setting(embedded.admin_dsn(), name)) == value
+        finally:
+            embedded.stop()

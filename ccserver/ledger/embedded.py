@@ -10,8 +10,17 @@ import logging
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 DATABASE_NAME = "ccserver"
+
+# Server settings of the embedded database, applied with ALTER SYSTEM (kept in the data dir's
+# postgresql.auto.conf). A production Postgres at `database.url` is its operator's to tune.
+# - wal_init_zero off: a new 16 MB WAL segment is not written full of zeros (and flushed) by
+#   the commit that crosses into it. That stalled one group commit in ~1.4 s by ~100 ms at
+#   ledger-bench rates (p99 113 ms against 20-30 ms without it). Commits stay durable: the
+#   WAL is still flushed at every COMMIT; what is given up is allocating the space up front.
+SERVER_SETTINGS = {"wal_init_zero": "off"}
 
 
 class EmbeddedPostgres:
@@ -41,7 +50,19 @@ class EmbeddedPostgres:
         with server._lock:
             server.ensure_postgres_running()
         self._server = server
+        self._apply_settings()
         return self.dsn(DATABASE_NAME)
+
+    def _apply_settings(self) -> None:
+        auto_conf = (self.pgdata / "postgresql.auto.conf").read_text()
+        wanted = [
+            f"ALTER SYSTEM SET {name} = '{value}';"
+            for name, value in SERVER_SETTINGS.items()
+            if f"{name} = '{value}'" not in auto_conf
+        ]
+        if wanted:  # each takes effect on a reload, no restart
+            server: Any = self._server
+            server.psql("\n".join([*wanted, "SELECT pg_reload_conf();"]))
 
     def dsn(self, database: str) -> str:
         assert self._server is not None
