@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -184,14 +185,25 @@ async def test_concurrent_writes_share_commits(database_url: str) -> None:
         assert count == 500
 
 
-async def test_a_refused_write_fails_alone(database_url: str) -> None:
+@pytest.mark.parametrize(
+    "make_broken",
+    [
+        # A transfer to an account that does not exist violates a foreign key.
+        lambda ids: Transfer("bad", 1, "funding", 999_999, "balance", 5, "topup", ""),
+        # Postgres text cannot hold NUL.
+        lambda ids: Transfer("bad", 1, "funding", ids["c1"], "balance", 5, "topup", "a\x00b"),
+    ],
+    ids=["unknown-account", "nul-in-text"],
+)
+async def test_a_refused_write_fails_alone(
+    database_url: str, make_broken: Callable[[dict[str, int]], Transfer]
+) -> None:
     async with Bridge(database_url) as bridge:
         ids = await seed(bridge)
         engine = await load(bridge)
         writer = Writer(bridge)
         good = engine.topup(ids["c1"], 1_000, "good").transfers
-        # A transfer to an account that does not exist violates a foreign key.
-        broken = Transfer("bad", 1, "funding", 999_999, "balance", 5, "topup", "")
+        broken = make_broken(ids)
         results: dict[str, object] = {}
 
         async def attempt(name: str, item: LedgerWrite) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -22,6 +22,7 @@ import msgspec
 import trio
 
 from ccserver.actors.messages import Cdr, Transfer
+from ccserver.ledger.array_literals import bool_array, float_array, int_array, text_array
 from ccserver.ledger.bridge import Bridge
 from ccserver.observability import (
     LEDGER_BATCH_SIZE,
@@ -223,10 +224,46 @@ class Writer:
             waiter.done.set()
 
 
-_COMMIT_SQL = (
-    "SELECT ccserver_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-    " $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32,"
-    " $33)"
+# ccserver_commit's parameters after the batch id (migration 0001), in order: each is a column of
+# the batch, sent as one array literal (ccserver.ledger.array_literals) and cast to its type in
+# the statement.
+_COMMIT_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (name, sql_type)
+    for names, sql_type in (
+        ("t_item", "integer[]"),
+        ("t_debit t_credit t_amount", "bigint[]"),
+        ("t_kind t_reference t_key", "text[]"),
+        ("c_item", "integer[]"),
+        ("c_nas c_session", "text[]"),
+        ("c_account", "bigint[]"),
+        ("c_levels c_calling c_called", "text[]"),
+        ("c_start c_stop", "float8[]"),
+        ("c_duration c_billable", "integer[]"),
+        ("c_cost", "bigint[]"),
+        ("c_levels_json c_cause", "text[]"),
+        ("c_authorized", "boolean[]"),
+        ("o_nas o_session", "text[]"),
+        ("o_account", "bigint[]"),
+        ("o_username o_calling o_called", "text[]"),
+        ("o_started", "float8[]"),
+        ("o_authorized", "boolean[]"),
+        ("x_nas x_session", "text[]"),
+    )
+    for name in names.split()
+)
+_LITERAL_OF: dict[str, Callable[[Any], str]] = {
+    "integer[]": int_array,
+    "bigint[]": int_array,
+    "text[]": text_array,
+    "float8[]": float_array,
+    "boolean[]": bool_array,
+}
+# Named arguments: each literal goes to the parameter of its name.
+_COMMIT_SQL = "SELECT ccserver_commit($1::bigint, {})".format(
+    ", ".join(
+        f"{name} => ${number}::text::{sql_type}"
+        for number, (name, sql_type) in enumerate(_COMMIT_COLUMNS, start=2)
+    )
 )
 
 
@@ -269,41 +306,45 @@ async def _commit(connection: Any, batch_id: int, items: Sequence[LedgerWrite]) 
             opened.append(item.open_session)
         if item.close_session is not None:
             closed.append(item.close_session)
+    columns: dict[str, list[Any]] = {
+        "t_item": t_item,
+        "t_debit": t_debit,
+        "t_credit": t_credit,
+        "t_amount": t_amount,
+        "t_kind": t_kind,
+        "t_reference": t_reference,
+        "t_key": t_key,
+        "c_item": c_item,
+        "c_nas": [c.nas for c in cdrs],
+        "c_session": [c.session_id for c in cdrs],
+        "c_account": [c.account_id for c in cdrs],
+        "c_levels": [",".join(str(level.account_id) for level in c.levels) for c in cdrs],
+        "c_calling": [c.calling for c in cdrs],
+        "c_called": [c.called for c in cdrs],
+        "c_start": [c.start_time for c in cdrs],
+        "c_stop": [c.stop_time for c in cdrs],
+        "c_duration": [c.duration_seconds for c in cdrs],
+        "c_billable": [c.billable_seconds for c in cdrs],
+        "c_cost": [c.cost_micros for c in cdrs],
+        "c_levels_json": [json.dumps([msgspec.to_builtins(lv) for lv in c.levels]) for c in cdrs],
+        "c_cause": [c.disconnect_cause for c in cdrs],
+        "c_authorized": [c.authorized for c in cdrs],
+        "o_nas": [s.nas for s in opened],
+        "o_session": [s.session_id for s in opened],
+        "o_account": [s.account_id for s in opened],
+        "o_username": [s.username for s in opened],
+        "o_calling": [s.calling for s in opened],
+        "o_called": [s.called for s in opened],
+        "o_started": [s.started_at for s in opened],
+        "o_authorized": [s.authorized for s in opened],
+        "x_nas": [nas for nas, _ in closed],
+        "x_session": [sid for _, sid in closed],
+    }
+    assert len(columns) == len(_COMMIT_COLUMNS)
     applied_items = await connection.fetchval(
         _COMMIT_SQL,
         batch_id,
-        t_item,
-        t_debit,
-        t_credit,
-        t_amount,
-        t_kind,
-        t_reference,
-        t_key,
-        c_item,
-        [c.nas for c in cdrs],
-        [c.session_id for c in cdrs],
-        [c.account_id for c in cdrs],
-        [",".join(str(level.account_id) for level in c.levels) for c in cdrs],
-        [c.calling for c in cdrs],
-        [c.called for c in cdrs],
-        [c.start_time for c in cdrs],
-        [c.stop_time for c in cdrs],
-        [c.duration_seconds for c in cdrs],
-        [c.billable_seconds for c in cdrs],
-        [c.cost_micros for c in cdrs],
-        [json.dumps([msgspec.to_builtins(level) for level in c.levels]) for c in cdrs],
-        [c.disconnect_cause for c in cdrs],
-        [c.authorized for c in cdrs],
-        [s.nas for s in opened],
-        [s.session_id for s in opened],
-        [s.account_id for s in opened],
-        [s.username for s in opened],
-        [s.calling for s in opened],
-        [s.called for s in opened],
-        [s.started_at for s in opened],
-        [s.authorized for s in opened],
-        [nas for nas, _ in closed],
-        [sid for _, sid in closed],
+        *[_LITERAL_OF[sql_type](columns[name]) for name, sql_type in _COMMIT_COLUMNS],
     )
     applied = [not item.transfers for item in items]
     for index in applied_items:
