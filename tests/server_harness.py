@@ -10,8 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,19 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     return body
+
+
+def sigterm_during(
+    running: Server, work: Callable[[int, threading.Event], None], workers: int = 8
+) -> None:
+    """Run `work(worker, stop)` in `workers` threads; after 1.5 s send the server SIGTERM and
+    check it exits 0; then set `stop` and wait for the threads."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=work, args=(i, stop)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    assert running.stop(signal.SIGTERM) == 0
+    stop.set()
+    for thread in threads:
+        thread.join()

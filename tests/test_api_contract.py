@@ -4,7 +4,6 @@ document says), metrics that move, readiness, and a SIGTERM in the middle of wri
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from tests.radius_world import metric
-from tests.server_harness import Server, ok
+from tests.server_harness import Server, ok, sigterm_during
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
@@ -92,9 +91,8 @@ def test_sigterm_during_a_stream_of_writes_loses_no_acknowledged_write(
     with running.client() as api:
         ok(api.post("/v1/accounts", json={"number": "c1", "kind": "customer"}), 201)
     acknowledged: list[str] = []
-    stop = threading.Event()
 
-    def writer(worker: int) -> None:
+    def writer(worker: int, stop: threading.Event) -> None:
         with running.client() as api:
             n = 0
             while not stop.is_set():
@@ -111,14 +109,7 @@ def test_sigterm_during_a_stream_of_writes_loses_no_acknowledged_write(
                 if response.status_code == 201:
                     acknowledged.append(key)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.5)
-    assert running.stop(signal.SIGTERM) == 0
-    stop.set()
-    for thread in threads:
-        thread.join()
+    sigterm_during(running, writer)
     assert len(acknowledged) > 20
 
     async def committed() -> tuple[int, Any]:

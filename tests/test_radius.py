@@ -23,7 +23,7 @@ from tests.radius_world import (
     setup_operator,
     wait_for,
 )
-from tests.server_harness import Server, free_port, ok
+from tests.server_harness import Server, free_port, ok, sigterm_during
 
 
 @pytest.fixture
@@ -413,3 +413,54 @@ def test_tshark_judges_a_captured_call(server: Server, api: httpx.Client, tmp_pa
         assert all(s < 0x600000 for s in severities), row
         if int(row["radius.code"]) != 1:  # every reply and Accounting-Request authenticator
             assert row["radius.authenticator.valid"] == "1", row
+
+
+def test_sigterm_during_a_stream_of_accounting_loses_no_acknowledged_start(
+    database_url: str, tmp_path: Any
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    running = Server(database_url, tmp_path)
+    running.start()
+    with running.client() as api:
+        setup_operator(api)
+    acknowledged: list[str] = []
+
+    def nas(worker: int, stop: threading.Event) -> None:
+        client = RadiusClient(running.acct_port)
+        try:
+            n = 0
+            while not stop.is_set():
+                session = f"w{worker}-{n}"
+                n += 1
+                attributes: list[tuple[str, object]] = [
+                    ("Acct-Status-Type", 1),
+                    ("Acct-Session-Id", session),
+                    ("User-Name", "c1"),
+                    ("Called-Station-Id", "4420"),
+                ]
+                data = client.build(Code.ACCOUNTING_REQUEST, attributes)
+                try:
+                    reply = client.send_raw(data, timeout=1.0)
+                except OSError:
+                    return  # the server is gone (ICMP port unreachable)
+                if reply is not None:
+                    codec.verify_reply(reply, data[4:20], client.secret)
+                    acknowledged.append(session)
+        finally:
+            client.close()
+
+    sigterm_during(running, nas)
+    assert len(acknowledged) > 20
+
+    async def committed() -> set[str]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            rows = await connection.fetch("SELECT session_id FROM sessions")
+            return {row["session_id"] for row in rows}
+        finally:
+            await connection.close()
+
+    assert set(acknowledged) <= asyncio.run(committed())

@@ -106,15 +106,32 @@ _queued = _Queued()
 LEDGER_QUEUE_DEPTH.set_function(lambda: _queued.count)
 
 
-class _Waiter:
-    __slots__ = ("arrived", "done", "error", "item", "outcome")
+# Called from the writer's task once a write queued with Writer.enqueue is committed (its
+# outcome) or refused (the error).
+OnDone = Callable[["WriteOutcome | None", "BaseException | None"], None]
 
-    def __init__(self, item: LedgerWrite) -> None:
+
+class _Waiter:
+    __slots__ = ("arrived", "done", "error", "item", "on_done", "outcome")
+
+    def __init__(self, item: LedgerWrite, on_done: OnDone | None = None) -> None:
         self.item = item
-        self.done = trio.Event()
+        self.on_done = on_done
+        self.done = trio.Event() if on_done is None else None
         self.outcome: WriteOutcome | None = None
         self.error: BaseException | None = None
         self.arrived = time.perf_counter()
+
+    def finish(self) -> None:
+        if self.done is not None:
+            self.done.set()
+            return
+        assert self.on_done is not None
+        try:
+            self.on_done(self.outcome, self.error)
+        except Exception:
+            # A bug in one caller's continuation must not stop the writer waking the others.
+            log.exception("ledger_on_done_failed")
 
 
 class Writer:
@@ -136,18 +153,30 @@ class Writer:
     async def write(self, item: LedgerWrite) -> WriteOutcome:
         """Queue `item` and return once it is committed (or known committed before)."""
         waiter = _Waiter(item)
-        try:
-            self._send.send_nowait(waiter)  # the usual case: no scheduling round trip here
-        except trio.WouldBlock:
-            await self._send.send(waiter)  # full: wait for room (backpressure)
-        _queued.count += 1
+        await self._queue(waiter)
         # Once queued, the write will be committed even if this caller is cancelled; the caller
         # just stops waiting for the news.
+        assert waiter.done is not None
         await waiter.done.wait()
         if waiter.error is not None:
             raise LedgerWriteError(str(waiter.error)) from waiter.error
         assert waiter.outcome is not None
         return waiter.outcome
+
+    async def enqueue(self, item: LedgerWrite, on_done: OnDone) -> None:
+        """Queue `item` and return without waiting for its commit (waiting for room only when
+        the queue is full): `on_done` is called from the writer's task after COMMIT with the
+        outcome, or with the error if the write is refused. It must not block; what it raises
+        is logged. For callers that answer from the commit (RADIUS accounting), with no task of
+        their own per write."""
+        await self._queue(_Waiter(item, on_done))
+
+    async def _queue(self, waiter: _Waiter) -> None:
+        try:
+            self._send.send_nowait(waiter)  # the usual case: no scheduling round trip here
+        except trio.WouldBlock:
+            await self._send.send(waiter)  # full: wait for room (backpressure)
+        _queued.count += 1
 
     def close(self) -> None:
         """No more writes: the writer commits what is queued, then `run` returns."""
@@ -212,7 +241,7 @@ class Writer:
                     return
                 log.error("ledger_write_refused", error=repr(error))
                 batch[0].error = error
-                batch[0].done.set()
+                batch[0].finish()
                 return
             break
         now = time.perf_counter()
@@ -221,7 +250,7 @@ class Writer:
         for waiter, applied in zip(batch, outcomes, strict=True):
             waiter.outcome = WriteOutcome(applied)
             LEDGER_COMMIT_SECONDS.observe(now - waiter.arrived)
-            waiter.done.set()
+            waiter.finish()
 
 
 # ccserver_commit's parameters after the batch id (migration 0001), in order: each is a column of
