@@ -1,11 +1,12 @@
 """The group-commit writer: whatever is waiting goes into one transaction, then every waiter wakes.
 
-Callers `await writer.write(item)`; the item joins a bounded queue (a full queue makes callers
-wait: that is the backpressure, and the accounting front end then does not answer, so the NAS
-retries). One task takes every item waiting, up to `batch_max`, commits them in one transaction
-and only after COMMIT tells each waiter whether its write was applied now or had been committed
-before (same idempotency key). When Postgres is unreachable the batch is kept and retried with
-backoff; nothing is dropped and nothing is applied twice.
+Callers `await writer.write(item)`, or queue it with `writer.enqueue(item, on_done)` and are
+called back; the item joins a bounded queue (a full queue makes callers wait: that is the
+backpressure, and the accounting front end then does not read, so the NAS retries). One task
+takes every item waiting, up to `batch_max`, commits them in one transaction and only after
+COMMIT tells each waiter whether its write was applied now or had been committed before (same
+idempotency key). When Postgres is unreachable the batch is kept and retried with backoff;
+nothing is dropped and nothing is applied twice.
 """
 
 from __future__ import annotations
@@ -253,9 +254,9 @@ class Writer:
             waiter.finish()
 
 
-# ccserver_commit's parameters after the batch id (migration 0001), in order: each is a column of
-# the batch, sent as one array literal (ccserver.ledger.array_literals) and cast to its type in
-# the statement.
+# ccserver_commit's parameters after the batch id (as migration 0001 declared them), in order:
+# each is a column of the batch, sent as one array literal (ccserver.ledger.array_literals) and
+# cast to its type in the statement.
 _COMMIT_COLUMNS: tuple[tuple[str, str], ...] = tuple(
     (name, sql_type)
     for names, sql_type in (
@@ -299,7 +300,7 @@ _COMMIT_SQL = "SELECT ccserver_commit($1::bigint, {})".format(
 async def _commit(connection: Any, batch_id: int, items: Sequence[LedgerWrite]) -> list[bool]:
     """Apply a batch in one transaction; return, per item, whether it was applied now.
 
-    One statement, one round trip: `ccserver_commit` (migration 0001) inserts the transfers
+    One statement, one round trip: `ccserver_commit` (migration 0002) inserts the transfers
     (ON CONFLICT DO NOTHING), moves the balances, inserts the CDRs, opens and closes sessions,
     and names the writes something was applied for.
     """
