@@ -103,10 +103,10 @@ def test_token_create_refuses_bad_arguments_naming_them(server: Server) -> None:
             problem(stranger.get("/v1/accounts"), 401)
 
 
-async def _can_query(dsn: str) -> bool:
+async def _fetchval(dsn: str, sql: str) -> object:
     connection = await asyncpg.connect(dsn)
     try:
-        return bool(await connection.fetchval("SELECT 1"))
+        return await connection.fetchval(sql)
     finally:
         await connection.close()
 
@@ -120,18 +120,10 @@ def test_a_second_process_on_the_embedded_postgres_does_not_stop_it(tmp_path: Pa
         second.start()
         assert not second.started_here
         second.stop()
-        assert asyncio.run(_can_query(first.dsn("postgres")))
+        assert asyncio.run(_fetchval(first.dsn("postgres"), "SELECT 1")) == 1
     finally:
         first.stop()
     assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
-
-
-async def _setting(dsn: str, name: str) -> str:
-    connection = await asyncpg.connect(dsn)
-    try:
-        return str(await connection.fetchval(f"SHOW {name}"))
-    finally:
-        await connection.close()
 
 
 def test_the_embedded_postgres_runs_with_its_settings_after_a_restart(tmp_path: Path) -> None:
@@ -140,6 +132,6 @@ def test_the_embedded_postgres_runs_with_its_settings_after_a_restart(tmp_path: 
         embedded.start()
         try:
             for name, value in SERVER_SETTINGS.items():
-                assert asyncio.run(_setting(embedded.admin_dsn(), name)) == value
+                assert asyncio.run(_fetchval(embedded.admin_dsn(), f"SHOW {name}")) == value
         finally:
             embedded.stop()

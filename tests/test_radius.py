@@ -3,11 +3,13 @@ fast one, a fake NAS for Disconnect-Request, and the metrics that count what was
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -418,10 +420,6 @@ def test_tshark_judges_a_captured_call(server: Server, api: httpx.Client, tmp_pa
 def test_sigterm_during_a_stream_of_accounting_loses_no_acknowledged_start(
     database_url: str, tmp_path: Any
 ) -> None:
-    import asyncio
-
-    import asyncpg
-
     running = Server(database_url, tmp_path)
     running.start()
     with running.client() as api:

@@ -16,6 +16,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -288,6 +289,31 @@ _LITERAL_OF: dict[str, Callable[[Any], str]] = {
     "float8[]": float_array,
     "boolean[]": bool_array,
 }
+# The columns that are one field of each CDR or opened session, as (column, field).
+_CDR_FIELDS = (
+    ("c_nas", "nas"),
+    ("c_session", "session_id"),
+    ("c_account", "account_id"),
+    ("c_calling", "calling"),
+    ("c_called", "called"),
+    ("c_start", "start_time"),
+    ("c_stop", "stop_time"),
+    ("c_duration", "duration_seconds"),
+    ("c_billable", "billable_seconds"),
+    ("c_cost", "cost_micros"),
+    ("c_cause", "disconnect_cause"),
+    ("c_authorized", "authorized"),
+)
+_OPENED_FIELDS = (
+    ("o_nas", "nas"),
+    ("o_session", "session_id"),
+    ("o_account", "account_id"),
+    ("o_username", "username"),
+    ("o_calling", "calling"),
+    ("o_called", "called"),
+    ("o_started", "started_at"),
+    ("o_authorized", "authorized"),
+)
 # Named arguments: each literal goes to the parameter of its name.
 _COMMIT_SQL = "SELECT ccserver_commit($1::bigint, {})".format(
     ", ".join(
@@ -345,31 +371,15 @@ async def _commit(connection: Any, batch_id: int, items: Sequence[LedgerWrite]) 
         "t_reference": t_reference,
         "t_key": t_key,
         "c_item": c_item,
-        "c_nas": [c.nas for c in cdrs],
-        "c_session": [c.session_id for c in cdrs],
-        "c_account": [c.account_id for c in cdrs],
         "c_levels": [",".join(str(level.account_id) for level in c.levels) for c in cdrs],
-        "c_calling": [c.calling for c in cdrs],
-        "c_called": [c.called for c in cdrs],
-        "c_start": [c.start_time for c in cdrs],
-        "c_stop": [c.stop_time for c in cdrs],
-        "c_duration": [c.duration_seconds for c in cdrs],
-        "c_billable": [c.billable_seconds for c in cdrs],
-        "c_cost": [c.cost_micros for c in cdrs],
         "c_levels_json": [json.dumps([msgspec.to_builtins(lv) for lv in c.levels]) for c in cdrs],
-        "c_cause": [c.disconnect_cause for c in cdrs],
-        "c_authorized": [c.authorized for c in cdrs],
-        "o_nas": [s.nas for s in opened],
-        "o_session": [s.session_id for s in opened],
-        "o_account": [s.account_id for s in opened],
-        "o_username": [s.username for s in opened],
-        "o_calling": [s.calling for s in opened],
-        "o_called": [s.called for s in opened],
-        "o_started": [s.started_at for s in opened],
-        "o_authorized": [s.authorized for s in opened],
         "x_nas": [nas for nas, _ in closed],
         "x_session": [sid for _, sid in closed],
     }
+    for column, field in _CDR_FIELDS:
+        columns[column] = list(map(attrgetter(field), cdrs))
+    for column, field in _OPENED_FIELDS:
+        columns[column] = list(map(attrgetter(field), opened))
     assert len(columns) == len(_COMMIT_COLUMNS)
     applied_items = await connection.fetchval(
         _COMMIT_SQL,
