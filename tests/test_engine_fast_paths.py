@@ -102,6 +102,25 @@ def test_the_priced_rates_a_group_keeps_are_bounded(monkeypatch: pytest.MonkeyPa
             assert len(group._priced) <= 8
 
 
+def test_a_group_keeps_a_priced_rate_for_every_rate_of_its_tariff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A tariff larger than PRICED_MAX is priced once per rate, not again after evictions."""
+    monkeypatch.setattr(tariff, "PRICED_MAX", 8)
+    monkeypatch.setattr(tariff, "PRICED_EVICTED", 2)
+    group = RateGroup(1, "g", precision=6)
+    listed = [make_rate(prefix=str(100 + n), per_minute=60_000 * (n + 1)) for n in range(20)]
+    for rate in listed:
+        group.put(rate)
+    first = [group.priced(rate) for rate in listed]
+    assert len(group._priced) == 20
+    assert all(group.priced(rate) is entry for rate, entry in zip(listed, first, strict=True))
+    # Personal rates priced by the group on top of its tariff are bounded again.
+    for n in range(20):
+        group.priced(make_rate(prefix=str(900 + n), per_minute=60_000))
+        assert len(group._priced) <= 20
+
+
 def test_a_call_is_charged_at_the_pricing_of_its_stop() -> None:
     """A tariff change during a call applies to its stop, as it always did."""
     w = World()
