@@ -15,13 +15,14 @@ What runs, all on 127.0.0.1 and under one temporary directory:
 - ops/bench/radius_loadgen.py, in its own process for every phase: --sockets UDP sockets, a window
   of --parallelism outstanding requests, no retransmissions (timeouts count as losses).
 
-Phases, interleaved so that each ratio compares figures measured back to back: authorizations
-(ccserver, FreeRADIUS files, FreeRADIUS sql, then ccserver at half its maximum rate), durable
-accounting Start+Stop pairs (ccserver, FreeRADIUS sql, ccserver at half rate), full call cycles
-(ccserver, then at half rate). Authorizations never followed by a Start leave holds that ccserver
-releases engine.hold_ttl_seconds (60 s) later, i.e. during the accounting phases. With --py-spy,
-two more ccserver runs (auth, cycle) under `py-spy record` and a summary of where ccserver spends
-its time; those runs are not used in the table.
+Phases, interleaved so that each ratio compares figures measured back to back: durable
+accounting Start+Stop pairs (ccserver, FreeRADIUS sql, ccserver at half its maximum rate), full
+call cycles (ccserver, then at half rate), authorizations (ccserver, FreeRADIUS files, FreeRADIUS
+sql, then ccserver at half rate). Authorizations never followed by a Start leave holds that
+ccserver releases engine.hold_ttl_seconds (60 s) later: measured last, that work falls after the
+other phases rather than in them. With --py-spy, one more ccserver run after the cycle phases
+and one after the authorization phases, under `py-spy record`, and a summary of where ccserver
+spends its time; those runs are not used in the table.
 
 A benchmark prints; it asserts nothing. The machine is whatever it is: the load average and the
 CPU used by each process in each phase are printed next to the figures.
@@ -650,12 +651,9 @@ class Bench:
         files, sql = self.freeradius.get("files"), self.freeradius.get("sql")
         # Each ccserver figure next to the FreeRADIUS figure it is compared with; the half-rate
         # run right after the maximum it halves.
-        self.phase("cc_auth", cc, "auth")
-        if files:
-            self.phase("fr_files_auth", files, "auth")
-        if sql:
-            self.phase("fr_sql_auth", sql, "auth")
-        self.half("auth")
+        # Authorizations come last: those never followed by a Start leave holds that ccserver
+        # releases engine.hold_ttl_seconds later, work that belongs to the authorizations and
+        # would otherwise land in the accounting and cycle figures.
         self.phase("cc_acct", cc, "acct")
         if sql:
             self.phase("fr_sql_acct", sql, "acct")
@@ -663,32 +661,39 @@ class Bench:
         self.phase("cc_cycle", cc, "cycle")
         self.half("cycle")
         if args.py_spy:
-            self.profile()
+            self.profile("cycle")
+        self.phase("cc_auth", cc, "auth")
+        if files:
+            self.phase("fr_files_auth", files, "auth")
+        if sql:
+            self.phase("fr_sql_auth", sql, "auth")
+        self.half("auth")
+        if args.py_spy:
+            self.profile("auth")
         self.report()
 
     # -- profile ----------------------------------------------------------------------------------
 
-    def profile(self) -> None:
+    def profile(self, mode: str) -> None:
         assert self.ccserver is not None
         directory = Path(self.args.profile_dir) if self.args.profile_dir else self.dir
         directory.mkdir(parents=True, exist_ok=True)
-        print("Under py-spy (not used in the table):", flush=True)
-        for mode in ("auth", "cycle"):
-            path = directory / f"ccserver-{mode}.pyspy.txt"
-            result = self.loadgen(
-                self.ccserver,
-                mode,
-                seconds=self.args.seconds,
-                warmup=self.args.warmup,
-                parallelism=self.args.parallelism,
-                profile=path,
-            )
-            print(
-                f"  ccserver {mode}: {result['units_per_s']:,.0f}/s while sampled, "
-                f"server CPU {result['server_cpu_percent']:.0f}%"
-            )
-            if path.exists():
-                self.profiles[mode] = path
+        print(f"Under py-spy (not used in the table), {mode}:", flush=True)
+        path = directory / f"ccserver-{mode}.pyspy.txt"
+        result = self.loadgen(
+            self.ccserver,
+            mode,
+            seconds=self.args.seconds,
+            warmup=self.args.warmup,
+            parallelism=self.args.parallelism,
+            profile=path,
+        )
+        print(
+            f"  ccserver {mode}: {result['units_per_s']:,.0f}/s while sampled, "
+            f"server CPU {result['server_cpu_percent']:.0f}%"
+        )
+        if path.exists():
+            self.profiles[mode] = path
 
     # -- report -----------------------------------------------------------------------------------
 
