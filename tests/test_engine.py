@@ -427,3 +427,27 @@ def test_accounting_on_ends_every_call_of_the_nas() -> None:
     assert [r.cdr.session_id for r in results] == ["a"]
     assert results[0].cdr.duration_seconds == 20
     assert w.engine.sessions == {} and w.r1.calls == 0
+
+
+def test_with_a_slack_expired_holds_are_released_together() -> None:
+    w = World()
+    began = w.clock.now
+    for n in range(5):
+        granted(w.authorize("c1", sid=f"h{n}"))
+        w.clock.now += 0.05
+    assert w.engine.next_deadline() == began + 60
+    deadline = w.engine.next_deadline(0.25)
+    assert deadline == began + 60.25
+    w.clock.now = deadline
+    w.engine.tick()
+    assert w.c1.calls == 0 and w.engine.sessions == {}
+    assert w.engine.next_deadline(0.25) is None
+
+
+def test_a_slack_never_puts_off_a_depletion() -> None:
+    w = World(reseller_balance="1000", customer_balance="1.00")
+    granted(w.authorize())
+    w.start("s1")
+    depletion = w.engine.next_deadline()
+    assert depletion is not None and depletion < w.clock.now + 60
+    assert w.engine.next_deadline(30.0) == depletion

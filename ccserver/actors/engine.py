@@ -791,12 +791,18 @@ class Engine:
             account.deadline_ms = None
             self._deadline_live.pop(account.id, None)
 
-    def next_deadline(self) -> float | None:
-        """When `tick` has work next (seconds on the engine clock), or None."""
+    def next_deadline(self, hold_slack_seconds: float = 0.0) -> float | None:
+        """When `tick` has work next (seconds on the engine clock), or None.
+
+        With a slack, hold expiries count that much later, depletion deadlines never: a caller
+        that sleeps until then (the server's timer) releases every hold expired by then in one
+        `tick` rather than waking once per authorization (every authorization's expiry stays in
+        the heap after its call starts, and comes due hold_ttl_seconds later).
+        """
         expiries = self._hold_expiries
         deadlines = self._deadlines
         if expiries:
-            first = expiries[0][0]
+            first = expiries[0][0] + int(hold_slack_seconds * 1000)
             if deadlines and deadlines[0][0] < first:
                 first = deadlines[0][0]
         elif deadlines:

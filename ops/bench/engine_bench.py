@@ -27,7 +27,7 @@ from ccserver.actors.account import Account, AccountKind
 from ccserver.actors.engine import Engine
 from ccserver.actors.messages import AccountingRequest, CallRequest, Pap, Reject
 from ccserver.rating.tariff import Rate, RateGroup
-from ccserver.server import freeze_start_up_heap, tune_runtime
+from ccserver.server import HOLD_RELEASE_SLACK_SECONDS, freeze_start_up_heap, tune_runtime
 
 SEED = 20_240_501
 # Each account gets its own balance object (as when loaded from the database), large enough that
@@ -156,7 +156,7 @@ def run_calls(engine: Engine, clock: list[float], plan: Plan, concurrent: int) -
         now = clock[0]
         while live and live[0][0] <= now:
             stop(heapq.heappop(live))
-        deadline = engine.next_deadline()
+        deadline = engine.next_deadline(HOLD_RELEASE_SLACK_SECONDS)
         if deadline is not None and deadline <= now:  # what the server's timer task does
             counts["disconnects"] += len(timed("tick", lambda _: engine.tick(), None))
         nas, session_id = NAS_NAMES[seq % len(NAS_NAMES)], f"{seq:016x}"
