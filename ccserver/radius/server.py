@@ -153,19 +153,9 @@ class UdpEndpoint:
         return True
 
     async def send(self, data: bytes, address: Any) -> None:
-        if self.send_nowait(data, address):
-            return
-        while True:
-            try:
-                self.sock.sendto(data, address)
-                return
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-            except OSError as error:
-                if error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    child(DROPPED_PACKETS, "send_failed").inc()
-                    return
-                raise
+        """Send, waiting while the send buffer is full."""
+        while not self.send_nowait(data, address):
+            await trio.lowlevel.wait_writable(self.sock)
 
     def drain(self) -> list[tuple[bytes, Any]]:
         received: list[tuple[bytes, Any]] = []

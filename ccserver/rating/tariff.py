@@ -221,7 +221,7 @@ class RateGroup:
         one_second = self._rounded(connect) if rate.free_seconds >= 1 else hold
         entry = PricedRate(rate, self._generation, hold, factor, connect, one_second)
         cache = self._priced
-        if len(cache) >= PRICED_MAX and len(cache) >= len(self.index):
+        if len(cache) >= max(PRICED_MAX, len(self.index)):
             # The oldest priced first, a slice at a time: freeing the whole cache in one call
             # stalls that call for tens of milliseconds.
             for prefix in list(islice(cache, PRICED_EVICTED)):
