@@ -34,10 +34,15 @@ log = get_logger("ccserver.server")
 # The asyncpg bridge thread waits for the GIL whenever the trio thread is busy: at CPython's
 # default switch interval (5 ms) every ledger round trip can cost that much twice.
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
-# Young collections less often (each request allocates a few dozen containers, nearly all short
-# lived); what start-up loaded (accounts, tariffs) is frozen out of every collection, so a full
-# collection walks only what was created since.
-GC_THRESHOLDS = (50_000, 50, 100)
+# A young collection stops every request for as long as it walks what survived since the last
+# one, and the count that triggers it is of survivors (allocations less deallocations: short-lived
+# containers cancel out). Each authorization leaves three tuples alive until its hold ends (its
+# key, its levels, its expiry entry), so the threshold sets the pause. Under RADIUS authorization
+# load young collections took 20 ms (p50; up to 50) at 50,000, and 0.7 ms (at most 3) at 5,000,
+# with less time in all (0.14 s against 0.33 s over the same phases). What start-up
+# loaded (accounts, tariffs) is frozen out of every collection, so a full collection walks only
+# what was created since.
+GC_THRESHOLDS = (5_000, 50, 100)
 
 TIMER_PERIOD_SECONDS_MAX = 0.25  # the longest a depletion can wait for the timer to notice
 # How late an expired hold may be released: the timer then wakes a few times a second for them,
