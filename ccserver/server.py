@@ -39,9 +39,9 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 # containers cancel out). Each authorization leaves three tuples alive until its hold ends (its
 # key, its levels, its expiry entry), so the threshold sets the pause. Under RADIUS authorization
 # load young collections took 20 ms (p50; up to 50) at 50,000, and 0.7 ms (at most 3) at 5,000,
-# with less time in all (0.14 s against 0.33 s over the same phases). What start-up
-# loaded (accounts, tariffs) is frozen out of every collection, so a full collection walks only
-# what was created since.
+# with less time in all (0.14 s against 0.33 s over the same phases). What start-up loaded
+# (accounts, tariffs) is frozen out of every collection, so a full collection walks only what was
+# created since.
 GC_THRESHOLDS = (5_000, 50, 100)
 
 TIMER_PERIOD_SECONDS_MAX = 0.25  # the longest a depletion can wait for the timer to notice

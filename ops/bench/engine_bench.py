@@ -268,11 +268,12 @@ def main() -> None:
         print(f"{name} p99 = {p99:,.1f} us{target}  [p99.9 {p999:,.0f} us, max {top:,.0f} us]")
     # A collection stops every call for its length: the longest is a latency every so often.
     for generation, title in enumerate(("young", "middle", "full")):
-        pauses_ms = [pause / 1e6 for pause in times[f"gc{generation}"]]
+        pauses_s = [pause / 1e9 for pause in times[f"gc{generation}"]]
+        total = sum(pauses_s)
         print(
-            f"gc: {len(pauses_ms):,} {title} collections (generation {generation}) in the loop,"
-            f" longest {max(pauses_ms, default=0):.1f} ms, total {sum(pauses_ms) / 1000:.2f} s"
-            f" ({sum(pauses_ms) / 1000 / wall:.1%} of wall)"
+            f"gc: {len(pauses_s):,} {title} collections (generation {generation}) in the loop,"
+            f" longest {max(pauses_s, default=0) * 1000:.1f} ms, total {total:.2f} s"
+            f" ({total / wall:.1%} of wall)"
         )
     print(
         f"calls up at once: mean {counts['concurrent_sum'] / args.cycles:,.0f},"
