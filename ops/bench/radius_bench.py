@@ -18,7 +18,8 @@ What runs, all on 127.0.0.1 and under one temporary directory:
 Phases, interleaved so that each ratio compares figures measured back to back: durable
 accounting Start+Stop pairs (ccserver, FreeRADIUS sql, both again at --wide-parallelism, then
 ccserver at half its maximum rate), full call cycles (ccserver at both windows, then at half
-rate), authorizations (ccserver, FreeRADIUS files, FreeRADIUS sql, then ccserver at half rate).
+rate), authorizations (ccserver, FreeRADIUS files, FreeRADIUS sql, then ccserver at half rate,
+and FreeRADIUS files at that same offered rate: the p99 this host allows a server in C there).
 The durable phases run at two windows because ccserver's maximum there is bound by latency, not
 by CPU: every request waits for its commit, so a window of 64 leaves the machine partly idle
 (about 110% of 200% used); the half-rate phase halves the higher maximum, and each ratio compares
@@ -645,6 +646,13 @@ class Bench:
                 parallelism=top["parallelism"],
             )
 
+    def same_rate(self, key: str, target: Target, mode: str) -> None:
+        """`target` at the rate offered in ccserver's half-rate phase of `mode`, at its window:
+        the p99 this host leaves a server in C (FreeRADIUS files) at that rate, for comparison."""
+        half = self.results.get(f"cc_{mode}_half")
+        if half is not None and half["rate_target"] > 0:
+            self.phase(key, target, mode, rate=half["rate_target"], parallelism=half["parallelism"])
+
     def smoke(self, target: Target, mode: str) -> None:
         """One second of one unit at a time: every answer must be positive."""
         result = self.loadgen(target, mode, seconds=1.0, warmup=0.0, parallelism=1)
@@ -709,6 +717,8 @@ class Bench:
         if sql:
             self.phase("fr_sql_auth", sql, "auth")
         self.half("auth")
+        if files:
+            self.same_rate("fr_files_auth_same", files, "auth")
         if args.py_spy:
             self.profile("auth")
         self.report()
@@ -754,7 +764,7 @@ class Bench:
             ("ccserver authorizations", "cc_auth", "cc_auth_half"),
             ("ccserver accounting Start+Stop (durable)", "cc_acct", "cc_acct_half"),
             ("ccserver full call cycles", "cc_cycle", "cc_cycle_half"),
-            ("FreeRADIUS files authorizations", "fr_files_auth", None),
+            ("FreeRADIUS files authorizations", "fr_files_auth", "fr_files_auth_same"),
             ("FreeRADIUS sql authorizations", "fr_sql_auth", None),
             ("FreeRADIUS sql accounting Start+Stop", "fr_sql_acct", None),
         ]
@@ -779,7 +789,8 @@ class Bench:
         print(
             "(window: requests outstanding; p50/p99: per request, send to answer; an accounting"
             " pair and a cycle are 2 and 3 requests, each sent when the previous is answered."
-            " Accounting answers come after the commit.)"
+            " Accounting answers come after the commit. FreeRADIUS files' p99 @half is at"
+            " the rate offered to ccserver in its half-rate phase.)"
         )
         auth_files = ratio(rate("cc_auth"), rate("fr_files_auth"))
         auth_sql = ratio(rate("cc_auth"), rate("fr_sql_auth"))
@@ -837,6 +848,12 @@ class Bench:
             + ", ".join(f"{m} {ms(v)} ms" for m, v in halves.items())
             + f" {verdict(p99_ok)}"
         )
+        same = p("fr_files_auth_same", "p99")
+        if same is not None:
+            print(
+                f"    (FreeRADIUS files at the auth rate of that phase,"
+                f" {r['fr_files_auth_same']['rate_target']:,.0f}/s: p99 {ms(same)} ms)"
+            )
         print(f"Load average at the end: {load_average()}")
         for mode, path in self.profiles.items():
             print()
