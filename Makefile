@@ -3,9 +3,10 @@
 # 3.11 or newer and can make a venv, else python3 from PATH. Debian builds its interpreter with PGO
 # and LTO and links it statically; a source build with --enable-shared (pyenv's) runs the engine
 # bench 12-17% slower on this machine.
-SYSTEM_PYTHON := $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; \
-	sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo /usr/bin/python3)
-PYTHON ?= $(or $(SYSTEM_PYTHON),python3)
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(or $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; \
+	sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && echo /usr/bin/python3),python3)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

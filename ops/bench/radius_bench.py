@@ -634,24 +634,20 @@ class Bench:
         found = [self.results[k] for k in (key, f"{key}_wide") if k in self.results]
         return max(found, key=lambda r: r["units_per_s"]) if found else None
 
-    def half(self, mode: str) -> None:
-        assert self.ccserver is not None
+    def half(self, mode: str, target: Target | None = None, key: str = "") -> None:
+        """`target` (ccserver) at half of ccserver's higher maximum of `mode`, at its window. With
+        FreeRADIUS files as the target: the p99 this host leaves a server in C at that rate."""
+        target = target or self.ccserver
+        assert target is not None
         top = self.maximum(f"cc_{mode}")
         if top is not None and top["units_per_s"] > 0:
             self.phase(
-                f"cc_{mode}_half",
-                self.ccserver,
+                key or f"cc_{mode}_half",
+                target,
                 mode,
                 rate=top["units_per_s"] / 2,
                 parallelism=top["parallelism"],
             )
-
-    def same_rate(self, key: str, target: Target, mode: str) -> None:
-        """`target` at the rate offered in ccserver's half-rate phase of `mode`, at its window:
-        the p99 this host leaves a server in C (FreeRADIUS files) at that rate, for comparison."""
-        half = self.results.get(f"cc_{mode}_half")
-        if half is not None and half["rate_target"] > 0:
-            self.phase(key, target, mode, rate=half["rate_target"], parallelism=half["parallelism"])
 
     def smoke(self, target: Target, mode: str) -> None:
         """One second of one unit at a time: every answer must be positive."""
@@ -718,7 +714,7 @@ class Bench:
             self.phase("fr_sql_auth", sql, "auth")
         self.half("auth")
         if files:
-            self.same_rate("fr_files_auth_same", files, "auth")
+            self.half("auth", files, "fr_files_auth_same")
         if args.py_spy:
             self.profile("auth")
         self.report()
