@@ -37,7 +37,7 @@ from ccserver.ledger.store import (
     create_rate_group,
     upsert_rates,
 )
-from ccserver.ledger.writer import LedgerWrite, LedgerWriteError, Writer
+from ccserver.ledger.writer import LedgerWrite, LedgerWriteError, OpenSession, Writer, _commit
 from ccserver.rating.prefix_index import PrefixIndex
 from ccserver.rating.tariff import Rate, RateGroup
 from tests.ledger_world import UNIT, load, open_session_of, seed
@@ -758,3 +758,67 @@ def test_an_account_number_twice_is_refused_in_bulk() -> None:
     second = Account.restored(3, "same", AccountKind.CUSTOMER, operator, *fields, *tail)
     with pytest.raises(HierarchyError, match="came twice"):
         hierarchy.add_restored([first, second])
+
+
+async def test_the_commit_function_finds_sessions_by_key_whatever_its_cached_plan_saw(
+    database_url: str,
+) -> None:
+    """Sessions are inserted at every Start and deleted at every Stop: between vacuums the table
+    is mostly dead rows. A generic plan cached while the table was small scanned it whole at
+    every batch (a stop's commit then slowed with every dead row); migration 4 keeps the cached
+    plans on the index."""
+    plans: list[str] = []
+
+    async def job(connection: Any) -> None:
+        await connection.execute("LOAD 'auto_explain'")
+        for setting in (
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_nested_statements = on",
+            "client_min_messages = log",
+        ):
+            await connection.execute(f"SET {setting}")
+
+        def listen(_connection: Any, message: Any) -> None:
+            plans.append(message.message)
+
+        connection.add_log_listener(listen)
+        account = await connection.fetchval("SELECT id FROM accounts ORDER BY id LIMIT 1")
+
+        def opened(sid: str) -> OpenSession:
+            return OpenSession("nas1", sid, account, "u", "1", "44", 1.0)
+
+        # Calls up: a few hundred, as the statistics last saw the table.
+        await connection.execute(
+            "INSERT INTO sessions (nas, session_id, account_id, username, calling, called,"
+            " started_at) SELECT 'nas1', 'up' || n, $1, 'u', '1', '44', now()"
+            " FROM generate_series(1, 500) AS n",
+            account,
+        )
+        await connection.execute("ANALYZE sessions")
+        # More batches than the plan cache tries custom plans for (5) before it settles.
+        for n in range(8):
+            sids = [f"a{n}.{i}" for i in range(10)]
+            await _commit(connection, n + 1, [LedgerWrite(open_session=opened(s)) for s in sids])
+            closes = [LedgerWrite(close_session=("nas1", s)) for s in sids]
+            await _commit(connection, n + 100, closes)
+        # Then the table grows (the dead rows of calls that ended), with no ANALYZE in between.
+        await connection.execute(
+            "INSERT INTO sessions (nas, session_id, account_id, username, calling, called,"
+            " started_at) SELECT 'nas2', 'b' || n, $1, 'u', '1', '44', now()"
+            " FROM generate_series(1, 20000) AS n",
+            account,
+        )
+        await connection.execute("DELETE FROM sessions WHERE nas = 'nas2'")
+        await _commit(connection, 500, [LedgerWrite(open_session=opened("last"))])
+        plans.clear()
+        await _commit(connection, 501, [LedgerWrite(close_session=("nas1", "last"))])
+        connection.remove_log_listener(listen)
+
+    async with Bridge(database_url) as bridge:
+        await seed(bridge)
+        await bridge.run(job)
+        assert await bridge.run(lambda c: c.fetchval("SELECT count(*) FROM sessions")) == 500
+    deletes = [plan for plan in plans if "DELETE FROM sessions" in plan]
+    assert deletes, plans
+    assert "Index Scan using sessions_pkey" in deletes[0], deletes[0]
+    assert "Seq Scan on sessions" not in deletes[0], deletes[0]

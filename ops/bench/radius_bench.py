@@ -600,12 +600,14 @@ class Bench:
         result["parallelism"] = window
         self.results[key] = result
         latency = result["latency_ms"]
+        socket_p99 = result["kernel_latency_ms"].get("p99")
         at = f"at {rate:,.0f}/s offered" if rate else f"closed loop, window {window}"
         main = result["server_main_thread_cpu_percent"]
         print(
             f"  {target.name:<17} {label[mode]:<22} {at:<26} {result['units_per_s']:>7,.0f}/s  "
             f"p50 {ms(latency.get('p50'))} ms  p99 {ms(latency.get('p99'))} ms  "
-            f"max {ms(latency.get('max'))} ms  lost {result['timeouts']}  "
+            f"max {ms(latency.get('max'))} ms  (at the socket: p99 {ms(socket_p99)} ms)  "
+            f"lost {result['timeouts']}  "
             f"rejects {result['rejects']}",
             flush=True,
         )

@@ -25,9 +25,11 @@ Authenticator, the session id, the hidden User-Password and the Message-Authenti
 in (checked byte for byte against encode_request at start-up). Every reply's Response
 Authenticator is checked; every --full-check-every-th reply goes through codec.verify_reply.
 
-Latency is measured from the send to the receive of each request (time.perf_counter_ns). Only
-replies received in the measurement window (after --warmup, for --seconds) are counted. The
-result is one JSON object on stdout.
+Latency is measured from the send to the receive of each request (time.perf_counter_ns), and
+also to the reply's arrival in the socket as the kernel stamped it (SO_TIMESTAMPNS):
+"kernel_latency_ms" leaves out the time a reply waited for this process to read it, which tells
+how much of the latency is the load generator's own. Only replies received in the measurement
+window (after --warmup, for --seconds) are counted. The result is one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import json
 import os
 import select
 import socket
+import struct
 import sys
 import time
 from array import array
@@ -75,6 +78,11 @@ POSITIVE = {
     "start": Code.ACCOUNTING_RESPONSE,
     "stop": Code.ACCOUNTING_RESPONSE,
 }
+# Each reply's arrival as the kernel stamped it (CLOCK_REALTIME): the latency without the time
+# the reply waited in this process's socket for it to read.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC = struct.Struct("@qq")
+ANCILLARY_BYTES = socket.CMSG_SPACE(TIMESPEC.size)
 SCAN_NS = 50_000_000  # look for timed-out requests every 50 ms
 
 
@@ -244,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             s.setsockopt(socket.SOL_SOCKET, option, 1 << 21)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         s.bind((args.bind, 0))
         s.setblocking(False)
         socks.append(s)
@@ -254,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pending: list[dict[int, tuple[Unit, int, bytes, str]]] = [{} for _ in socks]
 
     latencies = {kind: array("q") for kind in KINDS}
+    kernel_latencies = array("q")
     unit_latencies = array("q")
     counts = collections.Counter[str]()
     first_reject: list[str] = []
@@ -268,6 +278,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     gc.disable()
+    realtime_offset = time.time_ns() - time.perf_counter_ns()
     cpu_started = time.process_time()
     t0 = time.perf_counter_ns()
     window_start = t0 + int(args.warmup * 1e9)
@@ -312,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         inflight += 1
         return True
 
-    def on_reply(index: int, data: bytes, now: int) -> None:
+    def on_reply(index: int, data: bytes, now: int, arrived: int) -> None:
         nonlocal inflight, replies_seen
         if len(data) < 20:
             counts["bad_replies"] += 1
@@ -348,6 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         in_window = window_start <= now <= window_end
         if in_window:
             latencies[kind].append(now - sent)
+            kernel_latencies.append(arrived - sent)
             counts["answered"] += 1
         if data[0] != POSITIVE[kind]:
             counts["rejects"] += 1
@@ -410,13 +422,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 s = socks[index]
                 while True:
                     try:
-                        data = s.recv(4096)
+                        data, ancillary, _, _ = s.recvmsg(4096, ANCILLARY_BYTES)
                     except BlockingIOError:
                         break
                     except OSError:
                         counts["recv_errors"] += 1
                         continue
-                    on_reply(index, data, time.perf_counter_ns())
+                    now = time.perf_counter_ns()
+                    arrived = now
+                    for level, kind, cdata in ancillary:
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                            seconds, nanoseconds = TIMESPEC.unpack(cdata)
+                            arrived = seconds * 1_000_000_000 + nanoseconds - realtime_offset
+                    on_reply(index, data, now, arrived)
     finally:
         for s in socks:
             s.close()
@@ -441,6 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "requests_answered": counts["answered"],
         "requests_per_s": round(counts["answered"] / args.seconds, 1),
         "latency_ms": percentiles(all_latencies),
+        "kernel_latency_ms": percentiles(kernel_latencies),
         "by_kind": {k: percentiles(v) for k, v in latencies.items() if k in steps},
         "unit_latency_ms": percentiles(unit_latencies),
         "sent": counts["sent"],
