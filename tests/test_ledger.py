@@ -815,10 +815,13 @@ async def test_the_commit_function_finds_sessions_by_key_whatever_its_cached_pla
         connection.remove_log_listener(listen)
 
     async with Bridge(database_url) as bridge:
+        superuser = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        if not await bridge.run(lambda c: c.fetchval(superuser)):
+            pytest.skip("LOAD 'auto_explain' needs a superuser (CCSERVER_TEST_DATABASE_URL)")
         await seed(bridge)
         await bridge.run(job)
         assert await bridge.run(lambda c: c.fetchval("SELECT count(*) FROM sessions")) == 500
     deletes = [plan for plan in plans if "DELETE FROM sessions" in plan]
     assert deletes, plans
-    assert "Index Scan using sessions_pkey" in deletes[0], deletes[0]
+    assert "sessions_pkey" in deletes[0], deletes[0]  # an index scan, plain or bitmap
     assert "Seq Scan on sessions" not in deletes[0], deletes[0]
