@@ -598,6 +598,9 @@ class Bench:
         result["autovacuum"] = self.autovacuums_since(log_offset)
         for name in watched:
             used = sum(t - before[name].get(pid, 0.0) for pid, t in after[name].items())
+            # A process that exited during the phase is in its reaped parent's children's time
+            # with all of its CPU, some of it from before the phase: that part is taken out.
+            used -= sum(t for pid, t in before[name].items() if pid not in after[name])
             result[f"{name}_cpu_percent"] = round(100 * used / wall, 1)
         result["server_main_thread_cpu_percent"] = round(100 * (main_after - main_before) / wall, 1)
         return result
