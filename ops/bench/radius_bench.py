@@ -172,6 +172,14 @@ def cpu_by_pid(pids: list[int]) -> dict[int, float]:
     return seen
 
 
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two cpu_by_pid readings of a process tree. A process that
+    exited in between is in its reaped parent's children's time with all of its CPU, some of it
+    from before the first reading: that part is taken out."""
+    used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+    return used - sum(t for pid, t in before.items() if pid not in after)
+
+
 def main_thread_cpu(pid: int | None) -> float:
     """CPU seconds of a process's main thread (ccserver's trio thread); 0 if unknown."""
     if pid is None:
@@ -327,15 +335,19 @@ class Bench:
         self.psql(self.postgres.admin_dsn(), "ALTER SYSTEM SET log_autovacuum_min_duration = 0")
         self.psql(self.postgres.admin_dsn(), "SELECT pg_reload_conf()")
 
-    def autovacuum_log_size(self) -> int:
+    def postgres_log(self) -> Path | None:
+        """The server's log (its stderr, which the embedded server writes into its data dir)."""
         log = self.postgres.pgdata / "log" if self.postgres is not None else None
-        return log.stat().st_size if log is not None and log.exists() else 0
+        return log if log is not None and log.exists() else None
+
+    def autovacuum_log_size(self) -> int:
+        log = self.postgres_log()
+        return log.stat().st_size if log is not None else 0
 
     def autovacuums_since(self, offset: int) -> list[str]:
         """The tables autovacuum vacuumed or analyzed since `offset` of the server's log."""
-        assert self.postgres is not None
-        log = self.postgres.pgdata / "log"
-        if not log.exists():
+        log = self.postgres_log()
+        if log is None:
             return []
         with log.open("rb") as f:
             f.seek(offset)
@@ -597,10 +609,7 @@ class Bench:
         result["server_side"] = server_side(metrics_before, metrics_after)
         result["autovacuum"] = self.autovacuums_since(log_offset)
         for name in watched:
-            used = sum(t - before[name].get(pid, 0.0) for pid, t in after[name].items())
-            # A process that exited during the phase is in its reaped parent's children's time
-            # with all of its CPU, some of it from before the phase: that part is taken out.
-            used -= sum(t for pid, t in before[name].items() if pid not in after[name])
+            used = cpu_since(before[name], after[name])
             result[f"{name}_cpu_percent"] = round(100 * used / wall, 1)
         result["server_main_thread_cpu_percent"] = round(100 * (main_after - main_before) / wall, 1)
         return result
