@@ -1,0 +1,5 @@
+"""ccserver: real-time credit control for VoIP operators."""
+
+from ccserver import compiled
+
+compiled.install()

@@ -14,10 +14,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from ccserver import compiled
 from ccserver.ledger.embedded import EmbeddedPostgres
 from ccserver.ledger.migrate import migrate
 
 TEMPLATE = "ccserver_test_template"
+
+
+def pytest_report_header() -> str:
+    return f"ccserver engine: {compiled.STATE}"
 
 
 class PostgresServer:

@@ -39,7 +39,7 @@ from ccserver.ledger.store import (
 )
 from ccserver.ledger.writer import LedgerWrite, LedgerWriteError, OpenSession, Writer, _commit
 from ccserver.rating.prefix_index import PrefixIndex
-from ccserver.rating.tariff import Rate, RateGroup
+from ccserver.rating.tariff import PricedRate, Rate, RateGroup
 from tests.ledger_world import UNIT, load, open_session_of, seed
 
 
@@ -529,8 +529,8 @@ def plain(value: Any) -> Any:
         return ("index", sorted(value.items()), value._lengths, value._lengths_count)
     if isinstance(value, CpsWindow):
         return ("cps", value.limit, list(value._ring))
-    if isinstance(value, LevelCharge | Session):
-        fields = [name for name in value.__struct_fields__ if name != "session"]
+    if isinstance(value, LevelCharge | Session | PricedRate):
+        fields = [name for name in fields_of(type(value)) if name != "session"]
         return {name: plain(getattr(value, name)) for name in fields}
     if isinstance(value, tuple | list):
         return [plain(item) for item in value]
@@ -539,8 +539,13 @@ def plain(value: Any) -> Any:
     return value
 
 
+def fields_of(cls: type) -> tuple[str, ...]:
+    """The slots of an engine class, or the attributes mypyc compiled them to."""
+    return getattr(cls, "__slots__", None) or cls.__mypyc_attrs__  # type: ignore[attr-defined]
+
+
 def account_content(account: Account) -> dict[str, Any]:
-    return {name: plain(getattr(account, name)) for name in Account.__slots__}
+    return {name: plain(getattr(account, name)) for name in fields_of(Account)}
 
 
 def group_content(group: RateGroup) -> Any:

@@ -541,10 +541,10 @@ def test_group_markup_limits() -> None:
 
 
 def test_group_rounding_from_string() -> None:
-    group = RateGroup(1, "g", rounding="half_up")  # type: ignore[arg-type]
+    group = RateGroup(1, "g", rounding="half_up")
     assert group.rounding is Rounding.HALF_UP
     with pytest.raises(ValueError):
-        RateGroup(1, "g", rounding="nearest")  # type: ignore[arg-type]
+        RateGroup(1, "g", rounding="nearest")
 
 
 # --------------------------------------------------------------------------------------------

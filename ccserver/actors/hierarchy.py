@@ -127,18 +127,30 @@ class Hierarchy:
         if len(by_id) != ids + added or len(by_number) != numbers + added:
             raise HierarchyError("an account id or number came twice")
 
-    def _check_credentials_free(self, account: Account, ignore: Account | None = None) -> None:
-        if account.sip_username:
-            holder = self.by_sip.get(account.sip_username)
-            if holder is not None and holder is not ignore and holder is not account:
-                raise HierarchyError(f"SIP username {account.sip_username} is taken")
-        for ani in account.caller_ids:
+    def _check_credentials_free(self, account: Account) -> None:
+        self.check_credentials_free(
+            account.sip_username, account.caller_ids, account.ip_addresses, account
+        )
+
+    def check_credentials_free(
+        self,
+        sip_username: str | None,
+        caller_ids: tuple[str, ...],
+        ip_addresses: tuple[str, ...],
+        owner: Account | None,
+    ) -> None:
+        """Raise HierarchyError if an account other than `owner` holds one of these."""
+        if sip_username:
+            holder = self.by_sip.get(sip_username)
+            if holder is not None and holder is not owner:
+                raise HierarchyError(f"SIP username {sip_username} is taken")
+        for ani in caller_ids:
             holder = self.by_ani.get(ani)
-            if holder is not None and holder is not ignore and holder is not account:
+            if holder is not None and holder is not owner:
                 raise HierarchyError(f"caller ID {ani} belongs to account {holder.number}")
-        for text in account.ip_addresses:
+        for text in ip_addresses:
             holder = self.by_ip.find(text)
-            if holder is not None and holder is not ignore and holder is not account:
+            if holder is not None and holder is not owner:
                 exact = _ip_key(text) in self.by_ip._by_key
                 if exact:
                     raise HierarchyError(f"address {text} belongs to account {holder.number}")
@@ -169,13 +181,9 @@ class Hierarchy:
         ip_addresses: tuple[str, ...],
     ) -> None:
         """Replace the identifiers a NAS may find this account by, all or nothing."""
-        probe = Account.__new__(Account)
-        probe.sip_username = sip_username
-        probe.caller_ids = caller_ids
-        probe.ip_addresses = ip_addresses
         for text in ip_addresses:
             _ip_key(text)  # raises ValueError on a bad address before anything changes
-        self._check_credentials_free(probe, ignore=account)
+        self.check_credentials_free(sip_username, caller_ids, ip_addresses, account)
         self.unindex_credentials(account)
         account.sip_username = sip_username
         account.caller_ids = caller_ids

@@ -607,10 +607,8 @@ async def patch_account(api: Api, call: Call) -> AccountOut:
         sip = changes.get("sip_username", account.sip_username)
         callers = tuple(changes.get("caller_ids", account.caller_ids))
         addresses = tuple(changes.get("ip_addresses", account.ip_addresses))
-        probe = Account.__new__(Account)
-        probe.sip_username, probe.caller_ids, probe.ip_addresses = sip, callers, addresses
         try:
-            api.engine.hierarchy._check_credentials_free(probe, ignore=account)
+            api.engine.hierarchy.check_credentials_free(sip, callers, addresses, account)
         except HierarchyError as error:
             raise conflict(str(error)) from None
     await _update_row(api, account.id, changes)

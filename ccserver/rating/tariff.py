@@ -75,19 +75,30 @@ def billable_seconds(rate: Rate, duration_seconds: int) -> int:
     return first + -(-(rest - first) // step) * step
 
 
-class PricedRate(msgspec.Struct, frozen=True, gc=False):
+class PricedRate:
     """What a rate costs under one rate group's markup and rounding, computed once.
 
     Charges are exact ratios of big integers; a call needs the same few of them at every level
     (its hold, its burn rate), so a group keeps them per rate rather than recomputing them.
     """
 
-    rate: Rate
-    generation: int  # of the group's pricing (RateGroup._generation) it was computed under
-    hold_micros: int  # first_increment_cost_micros
-    factor: int  # per_second_factor
-    connect: int  # the connect fee as a numerator over 60 * PPM
-    one_second_micros: int  # cost_micros(rate, 1)
+    __slots__ = ("connect", "factor", "generation", "hold_micros", "one_second_micros", "rate")
+
+    def __init__(
+        self,
+        rate: Rate,
+        generation: int,
+        hold_micros: int,
+        factor: int,
+        connect: int,
+        one_second_micros: int,
+    ) -> None:
+        self.rate = rate
+        self.generation = generation  # of the group's pricing (RateGroup._generation)
+        self.hold_micros = hold_micros  # first_increment_cost_micros
+        self.factor = factor  # per_second_factor
+        self.connect = connect  # the connect fee as a numerator over 60 * PPM
+        self.one_second_micros = one_second_micros  # cost_micros(rate, 1)
 
 
 class RateGroup:
@@ -124,7 +135,7 @@ class RateGroup:
         name: str,
         owner_id: int | None = None,
         precision: int = 4,
-        rounding: Rounding = Rounding.UP,
+        rounding: str = Rounding.UP,  # a Rounding or its value ("half_up")
         markup_ppm: int = 0,
     ) -> None:
         if not 0 <= precision <= MONEY_DECIMALS_MAX:
@@ -158,7 +169,7 @@ class RateGroup:
         return self._rounding
 
     @rounding.setter
-    def rounding(self, rounding: Rounding) -> None:
+    def rounding(self, rounding: str) -> None:
         self._rounding = Rounding(rounding)
         self._repriced()
 

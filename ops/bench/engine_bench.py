@@ -23,6 +23,7 @@ from typing import TypeAlias, TypeVar
 
 import psutil  # type: ignore[import-untyped]
 
+from ccserver import compiled
 from ccserver.actors.account import Account, AccountKind
 from ccserver.actors.engine import Engine
 from ccserver.actors.messages import AccountingRequest, CallRequest, Pap, Reject
@@ -227,6 +228,7 @@ def main() -> None:
     accounts_seconds = time.perf_counter() - began
     rss_accounts = rss_bytes()
     built, rates = len(engine.hierarchy) - 1, args.depth * args.prefixes
+    print(f"engine modules: {compiled.STATE}")
     print(
         f"build: {args.depth} rate groups x {args.prefixes:,} prefixes in {groups_seconds:.2f} s;"
         f" {built:,} accounts + operator ({resellers:,} resellers, fan-out {fanout},"
