@@ -5,14 +5,17 @@ Each extension is optional: where one cannot be built, the build goes on without
 runs those modules from their sources (ccserver/compiled.py decides at import).
 """
 
+import glob
 import json
 import os
 import runpy
+import sysconfig
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 compiled = runpy.run_path(os.path.join("ccserver", "compiled.py"))
+SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 
 
 class BuildAndRecord(build_ext):
@@ -23,8 +26,12 @@ class BuildAndRecord(build_ext):
         outputs = [self.get_ext_fullpath(extension.name) for extension in self.extensions]
         package = "ccserver" if self.inplace else os.path.join(self.build_lib, "ccserver")
         record = os.path.join(package, os.path.basename(compiled["RECORD"]))
-        # What an earlier build left would pass for this one's if this one failed.
-        for path in [record, *outputs]:
+        # What an earlier build left would pass for this one's if this one failed; and the
+        # extension of a module no longer compiled would be imported instead of its source.
+        stale = [record, *outputs]
+        if self.inplace:
+            stale += glob.glob(os.path.join("ccserver", "**", "*" + SUFFIX), recursive=True)
+        for path in stale:
             if os.path.exists(path):
                 os.remove(path)
         super().run()

@@ -26,12 +26,13 @@ from types import ModuleType
 
 # The hot path of every call: rating, the accounts and the engine. Modules that parse input at
 # the edges (money, messages) stay in Python: compiled code checks argument types itself and
-# would raise TypeError where they raise their own errors.
+# would raise TypeError where they raise their own errors. So do the modules of msgspec structs
+# (rating/rate.py, actors/session.py, actors/messages.py): mypyc builds a struct class without
+# its class options (frozen, gc=False), so it would neither be hashable nor stay untracked.
 MODULES = (
     "ccserver.rating.prefix_index",
     "ccserver.rating.tariff",
     "ccserver.actors.account",
-    "ccserver.actors.session",
     "ccserver.actors.hierarchy",
     "ccserver.actors.engine",
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import os
 import shutil
@@ -10,10 +12,12 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from ccserver import compiled
 from ccserver.actors import engine
+from tests.test_engine import World, granted
 
 
 def state_in_a_new_process(**environment: str) -> list[str]:
@@ -72,3 +76,28 @@ def test_where_a_c_compiler_is_there_make_built_the_engine() -> None:
     if not (os.environ.get("CI") and compiler and headers):
         pytest.skip("checked in CI, where make built the modules with the machine's C compiler")
     assert compiled.ACTIVE, compiled.STATE
+
+
+def test_no_compiled_module_defines_a_msgspec_struct() -> None:
+    """mypyc builds a struct class without its options: `gc=False` and `frozen` would be lost."""
+    for name in compiled.MODULES:
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == name:
+                assert not issubclass(value, msgspec.Struct), f"{name}.{value.__name__}"
+
+
+def test_what_a_call_leaves_alive_is_not_for_the_collector_to_walk() -> None:
+    """A busy server holds a minute of authorizations: their sessions, charges and priced rates
+    stay out of the cycle collector, and rates stay frozen (hashable)."""
+    world = World()
+    key = granted(world.authorize()).session_key
+    world.start("s1")
+    session = world.engine.sessions[key]
+    objects = [session, *session.levels]
+    for charge in session.levels:
+        objects += [charge.rate, charge.priced]
+        hash(charge.rate)
+        with pytest.raises(AttributeError):
+            charge.rate.prefix = "1"  # type: ignore[misc]
+    assert not [type(o).__name__ for o in objects if gc.is_tracked(o)]

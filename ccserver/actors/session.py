@@ -1,17 +1,21 @@
 """A call as the engine tracks it: one charge per level of its chain.
 
-Plain classes, compiled by mypyc with the engine (ccserver/compiled.py): the engine then reads
-and writes their fields directly, as struct members, which it could not do with a struct of
-another extension (a msgspec struct, as they were, cost the compiled engine 8-19% in cycles/s).
-The one reference cycle among them, a session and its charges (`LevelCharge.session`), is broken
-by the engine when the call ends (`Engine._release` and `Engine._finish`), so an ended call is
-freed by reference counting, not left to the cycle collector. Equality is identity: two calls are
-never the same call because their fields are equal.
+Both classes are msgspec structs without cycle-collector tracking (`gc=False`): built in C, they
+cost a fraction of a Python `__init__`, and the millions of them a busy engine makes never make the
+collector run. That is sound because the one reference cycle among them, a session and its
+charges (`LevelCharge.session`), is broken by the engine when the call ends (`Engine._release`
+and `Engine._finish`), so an ended call is freed by reference counting. `eq=False` keeps identity
+equality: two calls are never the same call because their fields are equal. mypyc does not
+compile this module (ccserver/compiled.py): it would build these classes without their options.
+Compiled as native classes they were faster to read, but every call of a busy server, its holds
+alive for a minute, became objects for the collector to walk.
 """
 
 from __future__ import annotations
 
 import enum
+
+import msgspec
 
 from ccserver.actors.account import Account
 from ccserver.rating.tariff import PricedRate, Rate, RateGroup
@@ -23,114 +27,47 @@ class SessionState(enum.IntEnum):
     ENDED = 3
 
 
-class LevelCharge:
+class LevelCharge(msgspec.Struct, gc=False, eq=False):
     """What one call costs one level of its chain, and its place in that level's exposure."""
 
-    __slots__ = (
-        "account",
-        "accrual_state",
-        "group",
-        "hold_micros",
-        "mature_ms",
-        "priced",
-        "rate",
-        "rate_factor",
-        "session",
-        "session_id_num",
-    )
-
-    def __init__(
-        self,
-        session: Session | None,
-        session_id_num: int,
-        account: Account,
-        rate: Rate,
-        group: RateGroup,
-        hold_micros: int,
-        rate_factor: int,
-        priced: PricedRate,
-        mature_ms: int = 0,
-        accrual_state: int = 0,
-    ) -> None:
-        # None until the engine has priced every level and opens the call, and again once it ends.
-        self.session = session
-        self.session_id_num = session_id_num
-        self.account = account
-        self.rate = rate
-        self.group = group
-        self.hold_micros = hold_micros
-        self.rate_factor = rate_factor  # RateGroup.per_second_factor(rate)
-        self.priced = priced  # what the group priced the rate at when the call was admitted
-        self.mature_ms = mature_ms
-        # 0 not accruing, 1 young (inside its first increment), 2 mature, 3 removed.
-        self.accrual_state = accrual_state
+    # None until the engine has priced every level and opens the call, and again once it ends.
+    session: Session | None
+    session_id_num: int
+    account: Account
+    rate: Rate
+    group: RateGroup
+    hold_micros: int
+    rate_factor: int  # RateGroup.per_second_factor(rate)
+    priced: PricedRate  # what the group priced the rate at when the call was admitted
+    mature_ms: int = 0
+    # 0 not accruing, 1 young (inside its first increment), 2 mature, 3 removed.
+    accrual_state: int = 0
 
     def set_start(self, start_ms: int) -> None:
         rate = self.rate
         self.mature_ms = start_ms + (rate.free_seconds + rate.first_increment_seconds) * 1000
 
 
-class Session:
-    __slots__ = (
-        "account",
-        "authorized",
-        "called",
-        "calling",
-        "created_ms",
-        "disconnect_requested",
-        "granted_seconds",
-        "hold_expires_ms",
-        "join_key",
-        "key",
-        "levels",
-        "nas",
-        "num",
-        "session_id",
-        "start_ms",
-        "state",
-        "used_seconds",
-        "username",
-    )
-
-    def __init__(
-        self,
-        num: int,
-        key: tuple[str, ...],
-        account: Account,
-        nas: str,
-        session_id: str,
-        username: str,
-        calling: str,
-        called: str,
-        created_ms: int,
-        start_ms: int,
-        levels: tuple[LevelCharge, ...] = (),
-        join_key: tuple[str, ...] | None = None,
-        state: SessionState = SessionState.PENDING,
-        hold_expires_ms: int = 0,
-        granted_seconds: int | None = None,
-        used_seconds: int = 0,
-        disconnect_requested: bool = False,
-        authorized: bool = True,
-    ) -> None:
-        self.num = num
-        self.key = key
-        self.account = account
-        self.nas = nas
-        self.session_id = session_id  # key[1] once the call has an Acct-Session-Id, else ""
-        self.username = username
-        self.calling = calling
-        self.called = called
-        self.created_ms = created_ms
-        self.start_ms = start_ms  # created_ms until the call starts
-        self.levels = levels
-        self.join_key = join_key
-        self.state = state
-        self.hold_expires_ms = hold_expires_ms
-        self.granted_seconds = granted_seconds
-        self.used_seconds = used_seconds
-        self.disconnect_requested = disconnect_requested
-        self.authorized = authorized
+class Session(msgspec.Struct, gc=False, eq=False):
+    num: int
+    key: tuple[str, ...]
+    account: Account
+    nas: str
+    session_id: str  # key[1] once the call has an Acct-Session-Id, else ""
+    username: str
+    calling: str
+    called: str
+    created_ms: int
+    start_ms: int  # created_ms until the call starts
+    # A tuple: the collector stops tracking it (its items are untracked), unlike a list.
+    levels: tuple[LevelCharge, ...] = ()
+    join_key: tuple[str, ...] | None = None
+    state: SessionState = SessionState.PENDING
+    hold_expires_ms: int = 0
+    granted_seconds: int | None = None
+    used_seconds: int = 0
+    disconnect_requested: bool = False
+    authorized: bool = True
 
 
 def session_id_of(key: tuple[str, ...]) -> str:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from itertools import islice
 
-import msgspec
-
 from ccserver.money import MONEY_DECIMALS_MAX, Rounding, round_ratio
-from ccserver.rating.prefix_index import PrefixIndex, is_digit_prefix
+from ccserver.rating.prefix_index import PrefixIndex
+from ccserver.rating.rate import INCREMENT_SECONDS_MAX as INCREMENT_SECONDS_MAX
+from ccserver.rating.rate import PricedRate as PricedRate
+from ccserver.rating.rate import Rate as Rate
+from ccserver.rating.rate import RateError as RateError
 
 PPM = 1_000_000
 SECONDS_PER_MINUTE = 60
-INCREMENT_SECONDS_MAX = 86_400
 # Every charge is an exact ratio over this denominator before its one rounding.
 CHARGE_DENOMINATOR = SECONDS_PER_MINUTE * PPM
 # An enum member read through its class costs a descriptor call (Python 3.11); these are read
@@ -35,34 +36,6 @@ PRICED_EVICTED = PRICED_MAX // 64
 _STEPS: dict[int, int] = {p: 10 ** (MONEY_DECIMALS_MAX - p) for p in range(MONEY_DECIMALS_MAX + 1)}
 
 
-class RateError(ValueError):
-    """A rate or rate group whose fields cannot describe a tariff."""
-
-
-class Rate(msgspec.Struct, frozen=True, gc=False):
-    prefix: str
-    destination: str
-    connect_fee_micros: int
-    per_minute_micros: int
-    free_seconds: int = 0
-    first_increment_seconds: int = 1
-    next_increment_seconds: int = 1
-
-    def validate(self) -> None:
-        if not is_digit_prefix(self.prefix):
-            raise RateError(f"prefix {self.prefix!r} must be 1-32 digits")
-        if self.connect_fee_micros < 0:
-            raise RateError("connect_fee must not be negative")
-        if self.per_minute_micros < 0:
-            raise RateError("per_minute must not be negative")
-        if not 0 <= self.free_seconds <= INCREMENT_SECONDS_MAX:
-            raise RateError("free_seconds must be between 0 and 86400")
-        if not 1 <= self.first_increment_seconds <= INCREMENT_SECONDS_MAX:
-            raise RateError("first_increment must be between 1 and 86400")
-        if not 1 <= self.next_increment_seconds <= INCREMENT_SECONDS_MAX:
-            raise RateError("next_increment must be between 1 and 86400")
-
-
 def billable_seconds(rate: Rate, duration_seconds: int) -> int:
     assert duration_seconds >= 0
     rest = duration_seconds - rate.free_seconds
@@ -73,32 +46,6 @@ def billable_seconds(rate: Rate, duration_seconds: int) -> int:
         return first
     step = rate.next_increment_seconds
     return first + -(-(rest - first) // step) * step
-
-
-class PricedRate:
-    """What a rate costs under one rate group's markup and rounding, computed once.
-
-    Charges are exact ratios of big integers; a call needs the same few of them at every level
-    (its hold, its burn rate), so a group keeps them per rate rather than recomputing them.
-    """
-
-    __slots__ = ("connect", "factor", "generation", "hold_micros", "one_second_micros", "rate")
-
-    def __init__(
-        self,
-        rate: Rate,
-        generation: int,
-        hold_micros: int,
-        factor: int,
-        connect: int,
-        one_second_micros: int,
-    ) -> None:
-        self.rate = rate
-        self.generation = generation  # of the group's pricing (RateGroup._generation)
-        self.hold_micros = hold_micros  # first_increment_cost_micros
-        self.factor = factor  # per_second_factor
-        self.connect = connect  # the connect fee as a numerator over 60 * PPM
-        self.one_second_micros = one_second_micros  # cost_micros(rate, 1)
 
 
 class RateGroup:
