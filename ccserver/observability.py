@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
+import time
 from typing import Any, TypeVar
 
 import structlog
@@ -52,6 +54,38 @@ DISCONNECTS = Counter(
 DROPPED_PACKETS = Counter(
     "ccserver_dropped_packets", "Packets dropped, by reason", ["reason"], registry=REGISTRY
 )
+# Every request in the process waits while the cycle collector runs: its pauses are latency.
+GC_PAUSE_SECONDS = Histogram(
+    "ccserver_gc_pause_seconds",
+    "Pauses of Python's cycle collector, by generation collected",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+_collector_watched = False
+
+
+def watch_collector() -> None:
+    """Time every run of the cycle collector into GC_PAUSE_SECONDS, from now on (idempotent).
+
+    gc runs its callbacks while it is still collecting, when no other collection can start: the
+    observation (which allocates) cannot set off a collection inside one.
+    """
+    global _collector_watched
+    if _collector_watched:
+        return
+    _collector_watched = True
+    pauses = [GC_PAUSE_SECONDS.labels(str(generation)) for generation in range(3)]
+    clock = time.perf_counter
+    began = [0.0]
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = clock()
+        else:
+            pauses[info["generation"]].observe(clock() - began[0])
+
+    gc.callbacks.append(on_collection)
 
 
 M = TypeVar("M", Counter, Gauge, Histogram)

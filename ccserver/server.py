@@ -27,7 +27,7 @@ from ccserver.ledger.bridge import Bridge
 from ccserver.ledger.database import open_database
 from ccserver.ledger.loader import build_engine, fetch_snapshot
 from ccserver.ledger.writer import Writer
-from ccserver.observability import ACTIVE_CALLS, configure_logging, get_logger
+from ccserver.observability import ACTIVE_CALLS, configure_logging, get_logger, watch_collector
 
 log = get_logger("ccserver.server")
 
@@ -120,6 +120,7 @@ def tune_runtime() -> None:
     """Interpreter settings for a latency-bound server; see GIL_SWITCH_INTERVAL_SECONDS."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     gc.set_threshold(*GC_THRESHOLDS)
+    watch_collector()
 
 
 def freeze_start_up_heap() -> None:

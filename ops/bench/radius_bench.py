@@ -129,6 +129,12 @@ def scrape(base_url: str | None) -> dict[str, float]:
             if name == "ccserver_request_seconds_sum" or name == "ccserver_request_seconds_count":
                 kind = labels.split('type="', 1)[1].split('"', 1)[0] if 'type="' in labels else ""
                 totals[f"{name}:{kind}"] += float(value)
+            elif name == "ccserver_gc_pause_seconds_bucket" and 'le="' in labels:
+                bound = labels.split('le="', 1)[1].split('"', 1)[0]
+                totals[f"{name}:{bound}"] += float(value)
+            elif name.startswith("ccserver_gc_pause_seconds_") and 'generation="' in labels:
+                generation = labels.split('generation="', 1)[1].split('"', 1)[0]
+                totals[f"{name}:{generation}"] += float(value)
     return totals
 
 
@@ -154,6 +160,17 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     dropped = delta("ccserver_dropped_packets_total")
     if dropped:
         out["dropped"] = dropped
+    collections = delta("ccserver_gc_pause_seconds_count")
+    if collections:
+        out["gc_pauses"] = collections
+        out["gc_pause_ms_total"] = 1000 * delta("ccserver_gc_pause_seconds_sum")
+        for generation in "012":
+            count = delta(f"ccserver_gc_pause_seconds_count:{generation}")
+            if count:
+                total = delta(f"ccserver_gc_pause_seconds_sum:{generation}")
+                out[f"gc_generation_{generation}_pause_ms_mean"] = 1000 * total / count
+        # Pauses of 5 ms and more: each puts the requests waiting then in the tail.
+        out["gc_pauses_over_5_ms"] = collections - delta("ccserver_gc_pause_seconds_bucket:0.005")
     return out
 
 
