@@ -30,7 +30,9 @@ and one after the authorization phases, under `py-spy record`, and a summary of 
 spends its time; those runs are not used in the table.
 
 A benchmark prints; it asserts nothing. The machine is whatever it is: the load average and the
-CPU used by each process in each phase are printed next to the figures.
+CPU used by each process in each phase are printed next to the figures, and, before the servers
+start and after the phases, --disk-seconds of 8 KiB writes each followed by fdatasync on the file
+system of the Postgres data: the floor of a durable commit's latency, and its stalls.
 """
 
 from __future__ import annotations
@@ -107,6 +109,46 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 # -- ccserver's own view (/metrics) ---------------------------------------------------------------
+
+
+def disk_sync_reference(directory: Path, seconds: float) -> dict[str, float]:
+    """What no durable commit here can beat: 8 KiB written and fdatasync'd in a loop, alone, in a
+    file on the file system of the Postgres data. Its stalls hold up every commit waiting then."""
+    path = directory / "fdatasync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    span = 16 << 20
+    try:
+        os.ftruncate(fd, span)
+        block, offset, latencies = b"\xa5" * 8192, 0, []
+        clock = time.perf_counter
+        end = clock() + seconds
+        while clock() < end:
+            os.pwrite(fd, block, offset)
+            offset = (offset + len(block)) % span
+            began = clock()
+            os.fdatasync(fd)
+            latencies.append(clock() - began)
+    finally:
+        os.close(fd)
+        path.unlink()
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "seconds": seconds,
+        "syncs": count,
+        "p50_ms": 1000 * latencies[count // 2],
+        "p99_ms": 1000 * latencies[int(count * 0.99)],
+        "max_ms": 1000 * latencies[-1],
+        "stalls_over_10_ms": sum(latency >= 0.010 for latency in latencies),
+    }
+
+
+def describe_disk(reference: dict[str, float]) -> str:
+    return (
+        f"{reference['syncs']:,.0f} fdatasyncs of 8 KiB in {reference['seconds']:g} s: "
+        f"p50 {reference['p50_ms']:.2f} ms, p99 {reference['p99_ms']:.2f} ms, "
+        f"max {reference['max_ms']:.1f} ms, {reference['stalls_over_10_ms']:,.0f} of 10 ms or more"
+    )
 
 
 def scrape(base_url: str | None) -> dict[str, float]:
@@ -291,6 +333,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.dir = Path(tempfile.mkdtemp(prefix="radius-bench-"))
+        self.disk: list[dict[str, float]] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.postgres: EmbeddedPostgres | None = None
         self.postmaster_pid: int | None = None
@@ -735,6 +778,9 @@ class Bench:
                 print(f"FreeRADIUS references skipped: {why}")
                 use_freeradius = False
         self.users_file.write_text(json.dumps(self.users))
+        if args.disk_seconds > 0:
+            self.disk.append(disk_sync_reference(self.dir, args.disk_seconds))
+            print(f"the disk under Postgres, before the phases: {describe_disk(self.disk[-1])}")
         self.start_postgres()
         self.start_ccserver()
         assert self.ccserver is not None
@@ -776,6 +822,8 @@ class Bench:
             self.half("auth", files, "fr_files_auth_same")
         if args.py_spy:
             self.profile("auth")
+        if args.disk_seconds > 0:
+            self.disk.append(disk_sync_reference(self.dir, args.disk_seconds))
         self.report()
 
     # -- profile ----------------------------------------------------------------------------------
@@ -909,6 +957,8 @@ class Bench:
                 f"    (FreeRADIUS files at the auth rate of that phase,"
                 f" {r['fr_files_auth_same']['rate_target']:,.0f}/s: p99 {ms(same)} ms)"
             )
+        for when, reference in zip(("before", "after"), self.disk, strict=False):
+            print(f"    (the disk under Postgres, {when} the phases: {describe_disk(reference)})")
         print(f"Load average at the end: {load_average()}")
         for mode, path in self.profiles.items():
             print()
@@ -1008,6 +1058,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds before a loss")
     parser.add_argument("--skip-freeradius", action="store_true")
+    parser.add_argument(
+        "--disk-seconds", type=float, default=5.0, help="fdatasync reference before and after"
+    )
     parser.add_argument("--py-spy", action="store_true", help="profile ccserver (auth, cycle)")
     parser.add_argument("--profile-dir", help="keep the py-spy raw output here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
