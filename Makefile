@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py
 	CCSERVER_PURE_PYTHON=1 $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-$(COMPILED): $(STAMP) ccserver/compiled.py $(wildcard ccserver/actors/*.py ccserver/rating/*.py)
+$(COMPILED): $(STAMP) ccserver/compiled.py $(wildcard ccserver/actors/*.py ccserver/rating/*.py ccserver/radius/*.py)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	$(BIN)/python -c 'import ccserver; print("ccserver engine:", ccserver.compiled.STATE)'
 	touch $(COMPILED)
@@ -43,7 +43,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 	CCSERVER_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests/test_engine.py \
 		tests/test_engine_fast_paths.py tests/test_engine_properties.py tests/test_prefix_index.py \
-		tests/test_rating.py tests/test_compiled.py
+		tests/test_rating.py tests/test_radius_codec.py tests/test_compiled.py
 
 bench: $(COMPILED)
 	$(BIN)/python ops/bench/engine_bench.py

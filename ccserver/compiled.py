@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-# The hot path of every call: rating, the accounts and the engine. Modules that parse input at
-# the edges (money, messages) stay in Python: compiled code checks argument types itself and
-# would raise TypeError where they raise their own errors. So do the modules of msgspec structs
+# The hot path of every call: rating, the accounts, the engine and the RADIUS codec (whose input
+# is bytes from the socket, checked by the codec itself). Modules that parse typed input at the
+# edges (money, messages) stay in Python: compiled code checks argument types itself and would
+# raise TypeError where they raise their own errors. So do the modules of msgspec structs
 # (rating/rate.py, actors/session.py, actors/messages.py): mypyc builds a struct class without
 # its class options (frozen, gc=False), so it would neither be hashable nor stay untracked.
 MODULES = (
@@ -35,6 +36,7 @@ MODULES = (
     "ccserver.actors.account",
     "ccserver.actors.hierarchy",
     "ccserver.actors.engine",
+    "ccserver.radius.codec",
 )
 GROUP = "ccserver.compiled"
 PURE_PYTHON_VARIABLE = "CCSERVER_PURE_PYTHON"

@@ -39,7 +39,7 @@ def test_the_pure_python_variable_loads_every_module_from_source() -> None:
 
 
 def test_the_modules_in_use_are_those_the_state_names() -> None:
-    in_use = {name: Path(sys.modules[name].__file__ or "") for name in compiled.MODULES}
+    in_use = {name: Path(importlib.import_module(name).__file__ or "") for name in compiled.MODULES}
     if compiled.ACTIVE:
         assert all(path.suffix == ".so" for path in in_use.values()), in_use
     else:

@@ -23,6 +23,7 @@ import enum
 import hashlib
 import hmac
 import importlib
+import importlib.resources
 import ipaddress
 import os
 import socket
@@ -33,7 +34,8 @@ from typing import Final, Protocol, cast
 
 from pyrad.dictionary import Dictionary
 
-DICTIONARY_PATH: Final = Path(__file__).with_name("dictionary")
+# Found through the package, not this module's __file__ (which a mypyc build sets otherwise).
+DICTIONARY_PATH: Final = Path(str(importlib.resources.files("ccserver.radius") / "dictionary"))
 
 HEADER_LENGTH: Final = 20
 # RFC 2865 section 3: "The maximum length is 4096."
