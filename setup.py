@@ -42,13 +42,13 @@ class BuildAndRecord(build_ext):
 
 
 extensions = []
-if os.environ.get(compiled["PURE_PYTHON_VARIABLE"], "") in ("", "0"):
+if not compiled["pure_python_asked"]():
     try:
         from mypyc.build import mypycify
     except ImportError:
         pass
     else:
-        paths = [module.replace(".", "/") + ".py" for module in compiled["MODULES"]]
+        paths = [os.path.relpath(compiled["source_of"](module)) for module in compiled["MODULES"]]
         extensions = mypycify(paths, opt_level="3", group_name=compiled["GROUP"])
         for extension in extensions:
             extension.optional = True

@@ -58,12 +58,17 @@ def extension_of(module: str) -> Path | None:
     return None
 
 
+def pure_python_asked() -> bool:
+    """CCSERVER_PURE_PYTHON set (to anything but 0): build nothing, run every module from source."""
+    return os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0")
+
+
 def source_digests() -> dict[str, str]:
     return {m: hashlib.sha256(source_of(m).read_bytes()).hexdigest() for m in MODULES}
 
 
 def _state() -> tuple[bool, str]:
-    if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
+    if pure_python_asked():
         return False, f"source ({PURE_PYTHON_VARIABLE} is set)"
     try:
         record = json.loads(RECORD.read_text())

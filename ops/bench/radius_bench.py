@@ -151,6 +151,12 @@ def describe_disk(reference: dict[str, float]) -> str:
     )
 
 
+def label_of(labels: str, key: str) -> str:
+    """The value of label `key` in a sample's `{...}` text, or "" without it."""
+    marker = f'{key}="'
+    return labels.split(marker, 1)[1].split('"', 1)[0] if marker in labels else ""
+
+
 def scrape(base_url: str | None) -> dict[str, float]:
     """Sum of each sample name (labels folded) of ccserver's /metrics, or {} without one."""
     if base_url is None:
@@ -169,14 +175,11 @@ def scrape(base_url: str | None) -> dict[str, float]:
         with contextlib.suppress(ValueError):
             totals[name] += float(value)
             if name == "ccserver_request_seconds_sum" or name == "ccserver_request_seconds_count":
-                kind = labels.split('type="', 1)[1].split('"', 1)[0] if 'type="' in labels else ""
-                totals[f"{name}:{kind}"] += float(value)
+                totals[f"{name}:{label_of(labels, 'type')}"] += float(value)
             elif name == "ccserver_gc_pause_seconds_bucket" and 'le="' in labels:
-                bound = labels.split('le="', 1)[1].split('"', 1)[0]
-                totals[f"{name}:{bound}"] += float(value)
+                totals[f"{name}:{label_of(labels, 'le')}"] += float(value)
             elif name.startswith("ccserver_gc_pause_seconds_") and 'generation="' in labels:
-                generation = labels.split('generation="', 1)[1].split('"', 1)[0]
-                totals[f"{name}:{generation}"] += float(value)
+                totals[f"{name}:{label_of(labels, 'generation')}"] += float(value)
     return totals
 
 
