@@ -42,6 +42,20 @@ LEDGER_BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
     registry=REGISTRY,
 )
+# Where a commit's time goes, per batch committed: `queued` is how long its oldest write waited
+# for the writer (a free commit slot), `hand_off` the wait for the database thread to take the
+# batch (a pooled connection included), `encode` building its parameters there, `statement` the
+# round trip to Postgres (the statement and its COMMIT), `hand_back` the connection's return to
+# the pool and the wait for the trio thread to resume the writer. The database thread and the
+# trio thread take turns holding the GIL: both hand-overs wait for it.
+LEDGER_COMMIT_STAGE_SECONDS = Histogram(
+    "ccserver_ledger_commit_stage_seconds",
+    "Time of each stage of a ledger commit, per batch",
+    ["stage"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+COMMIT_STAGES = ("queued", "hand_off", "encode", "statement", "hand_back")
 LEDGER_RETRIES = Counter(
     "ccserver_ledger_retries", "Ledger commits retried after a database error", registry=REGISTRY
 )

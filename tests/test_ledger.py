@@ -38,6 +38,7 @@ from ccserver.ledger.store import (
     upsert_rates,
 )
 from ccserver.ledger.writer import LedgerWrite, LedgerWriteError, OpenSession, Writer, _commit
+from ccserver.observability import COMMIT_STAGES, REGISTRY
 from ccserver.rating.prefix_index import PrefixIndex
 from ccserver.rating.tariff import PricedRate, Rate, RateGroup
 from tests.ledger_world import UNIT, load, open_session_of, seed
@@ -167,22 +168,61 @@ async def test_a_duplicate_idempotency_key_is_applied_once(database_url: str) ->
         assert (await bridge.run(check_ledger)).clean
 
 
+async def write_topups(bridge: Bridge, count: int, batch_max: int) -> Writer:
+    """`count` top-ups of a seeded customer written at once through a writer; return it."""
+    ids = await seed(bridge)
+    engine = await load(bridge)
+    writer = Writer(bridge, batch_max=batch_max)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        async with trio.open_nursery() as writers:
+            for n in range(count):
+                transfers = engine.topup(ids["c1"], 1_000, f"k{n}").transfers
+                writers.start_soon(writer.write, LedgerWrite(transfers=transfers))
+        writer.close()
+    return writer
+
+
 async def test_concurrent_writes_share_commits(database_url: str) -> None:
     async with Bridge(database_url) as bridge:
-        ids = await seed(bridge)
-        engine = await load(bridge)
-        writer = Writer(bridge, batch_max=100)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer.run)
-            async with trio.open_nursery() as writers:
-                for n in range(500):
-                    transfers = engine.topup(ids["c1"], 1_000, f"k{n}").transfers
-                    writers.start_soon(writer.write, LedgerWrite(transfers=transfers))
-            writer.close()
+        writer = await write_topups(bridge, 500, batch_max=100)
         # 500 writes in batches of at most 100: at least 5 commits, far fewer than 500.
         assert 5 <= writer.committed_batches < 100
         count = await bridge.run(lambda c: c.fetchval("SELECT count(*) FROM transfers"))
         assert count == 500
+
+
+async def test_each_commit_is_timed_stage_by_stage(database_url: str) -> None:
+    def stages() -> dict[str, tuple[float, float]]:  # stage: (observations, seconds)
+        return {
+            stage: tuple(  # type: ignore[misc]
+                REGISTRY.get_sample_value(
+                    f"ccserver_ledger_commit_stage_seconds_{part}", {"stage": stage}
+                )
+                or 0.0
+                for part in ("count", "sum")
+            )
+            for stage in COMMIT_STAGES
+        }
+
+    def commit_seconds() -> float:
+        return REGISTRY.get_sample_value("ccserver_ledger_commit_seconds_sum") or 0.0
+
+    before, commit_before = stages(), commit_seconds()
+    async with Bridge(database_url) as bridge:
+        writer = await write_topups(bridge, 100, batch_max=20)
+    after = stages()
+    added = {
+        stage: (after[stage][0] - before[stage][0], after[stage][1] - before[stage][1])
+        for stage in COMMIT_STAGES
+    }
+    for stage, (count, seconds) in added.items():
+        assert count == writer.committed_batches, stage  # one observation per batch
+        assert seconds >= 0.0, stage
+    assert added["statement"][1] > 0.0  # a round trip to Postgres takes time
+    # A batch's stages add up to the wait of its oldest write, one of the writes timed whole.
+    total = sum(seconds for _, seconds in added.values())
+    assert 0.0 < total <= commit_seconds() - commit_before + 1e-9
 
 
 @pytest.mark.parametrize(

@@ -26,8 +26,10 @@ from ccserver.actors.messages import Cdr, Transfer
 from ccserver.ledger.array_literals import bool_array, float_array, int_array, text_array
 from ccserver.ledger.bridge import Bridge
 from ccserver.observability import (
+    COMMIT_STAGES,
     LEDGER_BATCH_SIZE,
     LEDGER_COMMIT_SECONDS,
+    LEDGER_COMMIT_STAGE_SECONDS,
     LEDGER_QUEUE_DEPTH,
     LEDGER_RETRIES,
     get_logger,
@@ -110,6 +112,32 @@ LEDGER_QUEUE_DEPTH.set_function(lambda: _queued.count)
 # Called from the writer's task once a write queued with Writer.enqueue is committed (its
 # outcome) or refused (the error).
 OnDone = Callable[["WriteOutcome | None", "BaseException | None"], None]
+
+
+class _Stamps:
+    """When one attempt at a batch's commit passed each stage (time.perf_counter, which every
+    thread reads alike): set by the writer's task and, in the database thread, by `_commit`.
+    Observed for the attempt that committed; the earlier ones count in its `queued` time."""
+
+    __slots__ = ("answered", "encoded", "sent", "taken")
+
+    def __init__(self) -> None:
+        self.sent = time.perf_counter()  # handed to the bridge
+        self.taken = self.encoded = self.answered = self.sent
+
+    def observe(self, oldest_arrival: float, resumed: float) -> None:
+        durations = (
+            self.sent - oldest_arrival,
+            self.taken - self.sent,
+            self.encoded - self.taken,
+            self.answered - self.encoded,
+            resumed - self.answered,
+        )
+        for stage, seconds in zip(_STAGE_CHILDREN, durations, strict=True):
+            stage.observe(max(seconds, 0.0))
+
+
+_STAGE_CHILDREN = tuple(LEDGER_COMMIT_STAGE_SECONDS.labels(stage) for stage in COMMIT_STAGES)
 
 
 class _Waiter:
@@ -224,9 +252,10 @@ class Writer:
         batch_id = batch_id or random.getrandbits(62) + 1
         delay = 0.05
         while True:
+            stamps = _Stamps()
             try:
                 outcomes = await self.bridge.run(
-                    _commit, batch_id, [w.item for w in batch], reset=False
+                    _commit, batch_id, [w.item for w in batch], stamps, reset=False
                 )
             except Exception as error:
                 if is_transient(error):
@@ -248,6 +277,7 @@ class Writer:
         now = time.perf_counter()
         self.committed_batches += 1
         LEDGER_BATCH_SIZE.observe(len(batch))
+        stamps.observe(batch[0].arrived, now)
         for waiter, applied in zip(batch, outcomes, strict=True):
             waiter.outcome = WriteOutcome(applied)
             LEDGER_COMMIT_SECONDS.observe(now - waiter.arrived)
@@ -325,13 +355,17 @@ _COMMIT_SQL = "SELECT ccserver_commit($1::bigint, {})".format(
 )
 
 
-async def _commit(connection: Any, batch_id: int, items: Sequence[LedgerWrite]) -> list[bool]:
+async def _commit(
+    connection: Any, batch_id: int, items: Sequence[LedgerWrite], stamps: _Stamps | None = None
+) -> list[bool]:
     """Apply a batch in one transaction; return, per item, whether it was applied now.
 
     One statement, one round trip: `ccserver_commit` (migration 0002) inserts the transfers
     (ON CONFLICT DO NOTHING), moves the balances, inserts the CDRs, opens and closes sessions,
     and names the writes something was applied for.
     """
+    if stamps is not None:
+        stamps.taken = time.perf_counter()
     # A key seen twice in one batch: the first occurrence is the write, the rest are replays.
     seen_keys: set[str] = set()
     t_item: list[int] = []
@@ -383,11 +417,12 @@ async def _commit(connection: Any, batch_id: int, items: Sequence[LedgerWrite]) 
     for column, field in _OPENED_FIELDS:
         columns[column] = list(map(attrgetter(field), opened))
     assert len(columns) == len(_COMMIT_COLUMNS)
-    applied_items = await connection.fetchval(
-        _COMMIT_SQL,
-        batch_id,
-        *[_LITERAL_OF[sql_type](columns[name]) for name, sql_type in _COMMIT_COLUMNS],
-    )
+    literals = [_LITERAL_OF[sql_type](columns[name]) for name, sql_type in _COMMIT_COLUMNS]
+    if stamps is not None:
+        stamps.encoded = time.perf_counter()
+    applied_items = await connection.fetchval(_COMMIT_SQL, batch_id, *literals)
+    if stamps is not None:
+        stamps.answered = time.perf_counter()
     applied = [not item.transfers for item in items]
     for index in applied_items:
         applied[index] = True

@@ -59,6 +59,7 @@ import httpx
 import psutil  # type: ignore[import-untyped]
 
 from ccserver.ledger.embedded import EmbeddedPostgres
+from ccserver.observability import COMMIT_STAGES
 
 HERE = Path(__file__).resolve().parent
 LOADGEN = HERE / "radius_loadgen.py"
@@ -180,6 +181,8 @@ def scrape(base_url: str | None) -> dict[str, float]:
                 totals[f"{name}:{label_of(labels, 'le')}"] += float(value)
             elif name.startswith("ccserver_gc_pause_seconds_") and 'generation="' in labels:
                 totals[f"{name}:{label_of(labels, 'generation')}"] += float(value)
+            elif name.startswith("ccserver_ledger_commit_stage_seconds_") and 'stage="' in labels:
+                totals[f"{name}:{label_of(labels, 'stage')}"] += float(value)
     return totals
 
 
@@ -197,6 +200,12 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     writes = delta("ccserver_ledger_commit_seconds_count")
     if writes:
         out["write_to_commit_ms"] = 1000 * delta("ccserver_ledger_commit_seconds_sum") / writes
+    # Where a commit's time went, per batch (means): see ccserver_ledger_commit_stage_seconds.
+    for stage in COMMIT_STAGES:
+        count = delta(f"ccserver_ledger_commit_stage_seconds_count:{stage}")
+        if count:
+            total = delta(f"ccserver_ledger_commit_stage_seconds_sum:{stage}")
+            out[f"commit_{stage}_ms"] = 1000 * total / count
     for kind in ("access", "start", "stop"):
         count = delta(f"ccserver_request_seconds_count:{kind}")
         if count:
