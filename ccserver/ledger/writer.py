@@ -32,6 +32,7 @@ from ccserver.observability import (
     LEDGER_COMMIT_STAGE_SECONDS,
     LEDGER_QUEUE_DEPTH,
     LEDGER_RETRIES,
+    child,
     get_logger,
 )
 
@@ -133,11 +134,8 @@ class _Stamps:
             self.answered - self.encoded,
             resumed - self.answered,
         )
-        for stage, seconds in zip(_STAGE_CHILDREN, durations, strict=True):
-            stage.observe(max(seconds, 0.0))
-
-
-_STAGE_CHILDREN = tuple(LEDGER_COMMIT_STAGE_SECONDS.labels(stage) for stage in COMMIT_STAGES)
+        for stage, seconds in zip(COMMIT_STAGES, durations, strict=True):
+            child(LEDGER_COMMIT_STAGE_SECONDS, stage).observe(seconds)
 
 
 class _Waiter:

@@ -175,15 +175,21 @@ def scrape(base_url: str | None) -> dict[str, float]:
         labels = head[len(name) :]
         with contextlib.suppress(ValueError):
             totals[name] += float(value)
-            if name == "ccserver_request_seconds_sum" or name == "ccserver_request_seconds_count":
-                totals[f"{name}:{label_of(labels, 'type')}"] += float(value)
-            elif name == "ccserver_gc_pause_seconds_bucket" and 'le="' in labels:
+            if name == "ccserver_gc_pause_seconds_bucket" and 'le="' in labels:
                 totals[f"{name}:{label_of(labels, 'le')}"] += float(value)
-            elif name.startswith("ccserver_gc_pause_seconds_") and 'generation="' in labels:
-                totals[f"{name}:{label_of(labels, 'generation')}"] += float(value)
-            elif name.startswith("ccserver_ledger_commit_stage_seconds_") and 'stage="' in labels:
-                totals[f"{name}:{label_of(labels, 'stage')}"] += float(value)
+            else:
+                for prefix, key in _SPLIT_BY_LABEL:
+                    if name.startswith(prefix) and f'{key}="' in labels:
+                        totals[f"{name}:{label_of(labels, key)}"] += float(value)
     return totals
+
+
+# Histograms whose samples are also kept per value of one label (name:value).
+_SPLIT_BY_LABEL = (
+    ("ccserver_request_seconds_", "type"),
+    ("ccserver_gc_pause_seconds_", "generation"),
+    ("ccserver_ledger_commit_stage_seconds_", "stage"),
+)
 
 
 def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -191,6 +197,12 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
 
     def delta(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
+
+    def mean_ms(histogram: str, value: str, key: str) -> None:
+        """out[key] = the histogram's mean over the phase for one label value, if observed."""
+        count = delta(f"{histogram}_count:{value}")
+        if count:
+            out[key] = 1000 * delta(f"{histogram}_sum:{value}") / count
 
     out: dict[str, float] = {}
     commits = delta("ccserver_ledger_batch_size_count")
@@ -202,15 +214,9 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         out["write_to_commit_ms"] = 1000 * delta("ccserver_ledger_commit_seconds_sum") / writes
     # Where a commit's time went, per batch (means): see ccserver_ledger_commit_stage_seconds.
     for stage in COMMIT_STAGES:
-        count = delta(f"ccserver_ledger_commit_stage_seconds_count:{stage}")
-        if count:
-            total = delta(f"ccserver_ledger_commit_stage_seconds_sum:{stage}")
-            out[f"commit_{stage}_ms"] = 1000 * total / count
+        mean_ms("ccserver_ledger_commit_stage_seconds", stage, f"commit_{stage}_ms")
     for kind in ("access", "start", "stop"):
-        count = delta(f"ccserver_request_seconds_count:{kind}")
-        if count:
-            total = delta(f"ccserver_request_seconds_sum:{kind}")
-            out[f"{kind}_handling_ms"] = 1000 * total / count
+        mean_ms("ccserver_request_seconds", kind, f"{kind}_handling_ms")
     dropped = delta("ccserver_dropped_packets_total")
     if dropped:
         out["dropped"] = dropped
@@ -219,10 +225,8 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         out["gc_pauses"] = collections
         out["gc_pause_ms_total"] = 1000 * delta("ccserver_gc_pause_seconds_sum")
         for generation in "012":
-            count = delta(f"ccserver_gc_pause_seconds_count:{generation}")
-            if count:
-                total = delta(f"ccserver_gc_pause_seconds_sum:{generation}")
-                out[f"gc_generation_{generation}_pause_ms_mean"] = 1000 * total / count
+            key = f"gc_generation_{generation}_pause_ms_mean"
+            mean_ms("ccserver_gc_pause_seconds", generation, key)
         # Pauses of 5 ms and more: each puts the requests waiting then in the tail.
         out["gc_pauses_over_5_ms"] = collections - delta("ccserver_gc_pause_seconds_bucket:0.005")
     return out
