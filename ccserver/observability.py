@@ -43,11 +43,12 @@ LEDGER_BATCH_SIZE = Histogram(
     registry=REGISTRY,
 )
 # Where a commit's time goes, per batch committed: `queued` is how long its oldest write waited
-# for the writer (a free commit slot), `hand_off` the wait for the database thread to take the
-# batch (a pooled connection included), `encode` building its parameters there, `statement` the
-# round trip to Postgres (the statement and its COMMIT), `hand_back` the connection's return to
-# the pool and the wait for the trio thread to resume the writer. The database thread and the
-# trio thread take turns holding the GIL: both hand-overs wait for it.
+# for the writer (a free commit slot), `hand_off` the wait for the asyncpg loop to take the batch
+# up (its next iteration, a pooled connection included), `encode` building its parameters there,
+# `statement` the round trip to Postgres (the statement and its COMMIT, until the loop has read
+# the answer), `hand_back` the connection's return to the pool and the wait for trio to resume
+# the writer. The loop runs in trio's thread (ccserver.ledger.bridge): both hand-overs wait for
+# trio to get round to them, behind whatever requests are being handled.
 LEDGER_COMMIT_STAGE_SECONDS = Histogram(
     "ccserver_ledger_commit_stage_seconds",
     "Time of each stage of a ledger commit, per batch",

@@ -31,8 +31,9 @@ from ccserver.observability import ACTIVE_CALLS, configure_logging, get_logger, 
 
 log = get_logger("ccserver.server")
 
-# The asyncpg bridge thread waits for the GIL whenever the trio thread is busy: at CPython's
-# default switch interval (5 ms) every ledger round trip can cost that much twice.
+# A worker thread (trio.to_thread: a CSV export, a tariff parsed) holds the GIL for up to the
+# switch interval before the trio thread gets it back: at CPython's default (5 ms) every request
+# waiting meanwhile waits that much.
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 # A young collection stops every request for as long as it walks what survived since the last
 # one, and the count that triggers it is of survivors (allocations less deallocations: short-lived

@@ -2,8 +2,8 @@
 
 The writer sends each column of a batch as one text parameter cast to its array type in SQL
 (`$2::text::bigint[]`) rather than as a Python list for asyncpg to encode: asyncpg's array
-encoder costs about 0.35-0.5 us per element on this machine, on the asyncpg thread, holding the
-GIL the trio thread needs; these functions cost a fraction of that, and Postgres parses the
+encoder costs about 0.35-0.5 us per element on this machine, in the thread that also handles
+every request; these functions cost a fraction of that, and Postgres parses the
 literal in C. Each function returns exactly the array its input is, or raises ValueError.
 
 Inside double quotes an array literal takes every character as it is except `"` and `\\`, which

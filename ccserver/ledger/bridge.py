@@ -1,10 +1,13 @@
-"""asyncpg on its own asyncio loop in one dedicated thread; trio awaits it through this bridge.
+"""asyncpg on an asyncio loop that a trio task steps, in trio's own thread; trio awaits it here.
 
-asyncpg needs asyncio and the server runs on trio. The bridge owns a thread running an asyncio
-loop and an asyncpg pool. `await bridge.run(fn, *args)` runs `fn(connection, *args)` there and
-wakes the trio task when it is done; cancelling the trio task cancels the asyncpg call. At most
-`inflight_max` calls are in flight: the rest wait on a trio semaphore (the bound is the
-backpressure).
+asyncpg needs asyncio and the server runs on trio. The bridge owns an asyncio loop that never
+runs by itself: a trio task (`_drive`) waits until the loop's selector is readable (a Postgres
+socket has data), its next timer is due or a trio task has handed it work, then runs one
+iteration of it. So asyncpg's callbacks run in the thread that runs everything else: a call costs
+no hand-over between threads, and the commit path never waits for the GIL behind the engine.
+`await bridge.run(fn, *args)` runs `fn(connection, *args)` on that loop and returns when it is
+done; cancelling the trio task cancels the asyncpg call. At most `inflight_max` calls are in
+flight: the rest wait on a trio semaphore (the bound is the backpressure).
 
 A connection goes back to the pool reset (advisory locks released, LISTENs and settings undone:
 one more round trip) unless the call says it leaves no session state behind (`reset=False`, the
@@ -14,11 +17,11 @@ ledger writer's single-statement commit); an open transaction is rolled back eit
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
-import threading
-from collections.abc import Awaitable, Callable
+import math
+import selectors
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
@@ -43,48 +46,41 @@ class Bridge:
         self._pool_min = pool_min
         self._pool_max = pool_max
         self._connect_timeout = connect_timeout_seconds
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: _SteppedLoop | None = None
         self._pool: asyncpg.Pool | None = None
-        self._thread: threading.Thread | None = None
+        self._nursery_manager: Any = None
         self._slots = trio.Semaphore(inflight_max)
 
     # -- life cycle (called from trio) ----------------------------------------------------------
 
     async def open(self) -> None:
-        assert self._thread is None
-        ready = threading.Event()
-
-        def run_loop() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-        self._thread = threading.Thread(target=run_loop, name="asyncpg-bridge", daemon=True)
-        self._thread.start()
-        await trio.to_thread.run_sync(ready.wait)
+        """Start the loop's driver; `close` must be called from the same trio task."""
+        assert self._loop is None
+        loop = _SteppedLoop()
+        manager = trio.open_nursery()
+        nursery = await manager.__aenter__()
+        nursery.start_soon(loop.drive)
+        self._loop = loop
+        self._nursery_manager = manager
 
     async def close(self) -> None:
         loop = self._loop
         if loop is None:
             return
-        if self._pool is not None:
-            pool = self._pool
-            self._pool = None
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if self._pool is not None:
+                pool = self._pool
+                self._pool = None
                 try:
                     await self._submit(lambda: asyncio.wait_for(pool.close(), 5))
                 except Exception:
                     await self._submit(lambda: _terminate_pool(pool))
-        loop.call_soon_threadsafe(loop.stop)
-        thread = self._thread
-        assert thread is not None
-        await trio.to_thread.run_sync(thread.join)
+            await self._submit(_shutdown_asyncgens)
+        loop.stop()
+        manager, self._nursery_manager = self._nursery_manager, None
+        await manager.__aexit__(None, None, None)  # the driver returns at once
+        loop.close()
         self._loop = None
-        self._thread = None
 
     async def __aenter__(self) -> Bridge:
         await self.open()
@@ -138,29 +134,91 @@ class Bridge:
     async def _submit(self, make: Callable[[], Awaitable[T]]) -> T:
         loop = self._loop
         assert loop is not None, "bridge is not open"
-        token = trio.lowlevel.current_trio_token()
         done = trio.Event()
 
         async def wrapped() -> T:
-            return await make()
+            try:
+                return await make()
+            finally:
+                # In trio's thread, inside the driver's step of the loop: the waiter wakes at
+                # trio's next scheduling round, without a callback of the loop in between.
+                done.set()
 
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(wrapped(), loop)
-        future.add_done_callback(lambda _: _wake(token, done))
+        task = loop.start(wrapped())
         try:
             await done.wait()
         except BaseException:
             # Cancelled on the trio side: cancel the asyncpg call too, and wait for it to stop
             # so that its connection goes back to the pool in a known state.
-            future.cancel()
+            loop.cancel(task)
             with trio.CancelScope(shield=True):
                 await done.wait()
             raise
-        return future.result()
+        return task.result()
 
 
-def _wake(token: trio.lowlevel.TrioToken, done: trio.Event) -> None:
-    with contextlib.suppress(trio.RunFinishedError):
-        token.run_sync_soon(done.set)
+class _SteppedLoop:
+    """An asyncio selector loop run one iteration at a time by `drive`, a trio task.
+
+    The loop is woken three ways: its selector's descriptor (an epoll descriptor: readable when
+    one of the loop's sockets is ready, or its self-pipe, written by `call_soon_threadsafe`)
+    polled by trio; its earliest timer, as a trio deadline; and `start`, which trio tasks call to
+    hand it a coroutine. An iteration runs every callback ready at its start; what they schedule
+    runs at the next one, after trio has had a turn."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self.loop = asyncio.SelectorEventLoop(self._selector)
+        self._waiting: trio.CancelScope | None = None
+        self._stopping = False
+
+    def start(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = self.loop.create_task(coroutine)
+        self._wake()
+        return task
+
+    def cancel(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
+        self._wake()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+
+    def close(self) -> None:
+        self.loop.close()
+
+    def _wake(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _step(self) -> None:
+        loop = self.loop
+        loop.call_soon(loop.stop)
+        loop.run_forever()  # until the stop above: the callbacks ready, one poll without waiting
+
+    async def drive(self) -> None:
+        loop = self.loop
+        fileno = self._selector.fileno()
+        while not self._stopping:
+            self._step()
+            # The loop's own queues, read only: callbacks ready now, and timers (cancelled ones
+            # included: waking early for one costs an empty iteration).
+            if loop._ready:  # type: ignore[attr-defined]
+                await trio.lowlevel.checkpoint()
+                continue
+            scheduled = loop._scheduled  # type: ignore[attr-defined]
+            deadline = math.inf
+            if scheduled:
+                deadline = trio.current_time() + max(0.0, scheduled[0].when() - loop.time())
+            with trio.CancelScope(deadline=deadline) as waiting:
+                self._waiting = waiting
+                await trio.lowlevel.wait_readable(fileno)
+            self._waiting = None
+
+
+async def _shutdown_asyncgens() -> None:
+    await asyncio.get_running_loop().shutdown_asyncgens()
 
 
 _SKIP_RESET: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_reset", default=False)

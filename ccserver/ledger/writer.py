@@ -117,7 +117,7 @@ OnDone = Callable[["WriteOutcome | None", "BaseException | None"], None]
 
 class _Stamps:
     """When one attempt at a batch's commit passed each stage (time.perf_counter, which every
-    thread reads alike): set by the writer's task and, in the database thread, by `_commit`.
+    thread reads alike): set by the writer's task and, on the asyncpg loop, by `_commit`.
     Observed for the attempt that committed; the earlier ones count in its `queued` time."""
 
     __slots__ = ("answered", "encoded", "sent", "taken")
@@ -342,7 +342,7 @@ _OPENED_FIELDS = (
     ("o_authorized", "authorized"),
 )
 # A CDR's levels as the JSON of its `levels` column: msgspec encodes the structs directly, 16x
-# faster than json.dumps of their builtins (in the bridge thread, which holds the GIL meanwhile).
+# faster than json.dumps of their builtins (in the thread that handles every request).
 _LEVELS_JSON = msgspec.json.Encoder()
 # Named arguments: each literal goes to the parameter of its name.
 _COMMIT_SQL = "SELECT ccserver_commit($1::bigint, {})".format(

@@ -1021,11 +1021,11 @@ WAITING = (
 
 
 def summarise_profile(path: Path, top: int = 12) -> str:
-    """Per thread (trio's, asyncpg's bridge), the share of samples and the top self time (leaf
-    frames); then ccserver's functions by inclusive time. py-spy does not recognise a thread
-    blocked in epoll_wait as idle: the selector frames (EpollSelector.select,
-    EpollIOManager.get_events) are mostly waiting, not CPU; the per-thread CPU printed for each
-    phase is the measure of CPU.
+    """Per thread (trio's, which also runs asyncpg's loop, and trio's worker threads), the share
+    of samples and the top self time (leaf frames); then ccserver's functions by inclusive time.
+    py-spy does not recognise a thread blocked in epoll_wait as idle: the selector frames
+    (EpollSelector.select, EpollIOManager.get_events) are mostly waiting, not CPU; the
+    per-thread CPU printed for each phase is the measure of CPU.
     """
     own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     inclusive: collections.Counter[str] = collections.Counter()
@@ -1039,7 +1039,7 @@ def summarise_profile(path: Path, top: int = 12) -> str:
         if not frames:
             continue
         total += count
-        thread = "asyncpg bridge thread" if "Bridge.open.<locals>.run_loop" in stack else "main"
+        thread = "worker threads" if "_thread_cache.py" in stack else "main"
         own[thread][frames[-1]] += count
         for function in set(frames):
             if "ccserver/" in function:

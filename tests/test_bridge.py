@@ -1,0 +1,79 @@
+"""The asyncpg bridge: asyncpg on an asyncio loop stepped by trio, in trio's thread, against a
+real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+
+from ccserver.ledger.bridge import Bridge
+
+
+async def test_calls_run_in_trios_thread_and_start_no_thread(database_url: str) -> None:
+    threads_before = threading.active_count()
+    async with Bridge(database_url) as bridge:
+
+        async def where(connection: Any) -> tuple[int, int]:
+            return threading.get_ident(), await connection.fetchval("SELECT 41 + 1")
+
+        ident, answer = await bridge.run(where)
+        assert answer == 42
+        assert ident == threading.get_ident()
+        assert threading.active_count() == threads_before
+
+
+async def test_timers_and_wakeups_from_other_threads_reach_the_loop(database_url: str) -> None:
+    async with Bridge(database_url) as bridge:
+
+        async def wait_for_both(connection: Any) -> str:
+            await asyncio.sleep(0.05)  # a timer of the loop: trio wakes it at its deadline
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[str] = loop.create_future()
+            # The loop's self-pipe: a write from another thread makes its selector readable.
+            threading.Timer(0.05, loop.call_soon_threadsafe, (future.set_result, "woken")).start()
+            return await future
+
+        with trio.fail_after(10):
+            assert await bridge.run(wait_for_both) == "woken"
+
+
+async def test_errors_come_back_as_themselves(database_url: str) -> None:
+    async with Bridge(database_url) as bridge:
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await bridge.run(lambda c: c.fetch("SELECT * FROM no_such_table"))
+        assert await bridge.run(lambda c: c.fetchval("SELECT 1")) == 1
+
+
+async def test_cancelling_the_trio_side_cancels_the_query(database_url: str) -> None:
+    async with Bridge(database_url, pool_max=1) as bridge:
+        with trio.fail_after(20):
+            with trio.move_on_after(0.3) as waited:
+                await bridge.run(lambda c: c.execute("SELECT pg_sleep(30)"))
+            assert waited.cancelled_caught
+            # The only connection is back in the pool, usable, with nothing left running.
+            running = await bridge.run(
+                lambda c: c.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+                )
+            )
+            assert running == 0
+
+
+async def test_concurrent_calls_share_the_pool(database_url: str) -> None:
+    async with Bridge(database_url, pool_max=4) as bridge:
+        answers: list[int] = []
+
+        async def one(n: int) -> None:
+            answers.append(await bridge.run(lambda c: c.fetchval("SELECT $1::int", n)))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for n in range(40):
+                    nursery.start_soon(one, n)
+        assert sorted(answers) == list(range(40))
