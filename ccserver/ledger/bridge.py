@@ -128,8 +128,18 @@ class Bridge:
                 await pool.release(connection)
             return result
 
-        async with self._slots:
+        slots = self._slots
+        try:
+            # A free slot is taken without a checkpoint: the call reaches the loop (and its query
+            # Postgres) now, not after every other task has had a turn. Waiting for the answer
+            # is the checkpoint.
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await slots.acquire()
+        try:
             return await self._submit(on_loop)
+        finally:
+            slots.release()
 
     async def _submit(self, make: Callable[[], Awaitable[T]]) -> T:
         loop = self._loop
@@ -158,13 +168,17 @@ class Bridge:
 
 
 class _SteppedLoop:
-    """An asyncio selector loop run one iteration at a time by `drive`, a trio task.
+    """An asyncio selector loop run a few iterations at a time, by trio tasks.
 
     The loop is woken three ways: its selector's descriptor (an epoll descriptor: readable when
-    one of the loop's sockets is ready, or its self-pipe, written by `call_soon_threadsafe`)
-    polled by trio; its earliest timer, as a trio deadline; and `start`, which trio tasks call to
-    hand it a coroutine. An iteration runs every callback ready at its start; what they schedule
-    runs at the next one, after trio has had a turn."""
+    one of the loop's sockets is ready, or its self-pipe, written by `call_soon_threadsafe`),
+    polled by `drive`; its earliest timer, as `drive`'s deadline; and `start`, which a trio task
+    calls to hand it a coroutine, and which runs the loop at once in that task (the coroutine's
+    query is sent before `start` returns). Each time, the loop runs until nothing is ready or for
+    STEPS_MAX iterations: a reply from Postgres is read, its waiting coroutine resumed and the
+    result handed back in one turn of trio, not in one turn per iteration."""
+
+    STEPS_MAX = 16
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
@@ -174,11 +188,13 @@ class _SteppedLoop:
 
     def start(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = self.loop.create_task(coroutine)
-        self._wake()
+        self._run()
+        self._wake()  # `drive` recomputes what it waits for (a timer may be due sooner)
         return task
 
     def cancel(self, task: asyncio.Task[Any]) -> None:
         task.cancel()
+        self._run()
         self._wake()
 
     def stop(self) -> None:
@@ -192,21 +208,31 @@ class _SteppedLoop:
         if self._waiting is not None:
             self._waiting.cancel()
 
-    def _step(self) -> None:
+    def _run(self) -> bool:
+        """Iterate until nothing is ready, at most STEPS_MAX times; True if more is ready.
+
+        Each iteration: the callbacks ready at its start, then one poll without waiting (the
+        stop scheduled first ends `run_forever` after it). Called only from trio tasks, so never
+        while the loop runs already (asyncpg's callbacks do not call back into trio tasks)."""
         loop = self.loop
-        loop.call_soon(loop.stop)
-        loop.run_forever()  # until the stop above: the callbacks ready, one poll without waiting
+        # The loop's queue of ready callbacks, read only: asyncio has no public view of it.
+        ready = loop._ready  # type: ignore[attr-defined]
+        for _ in range(self.STEPS_MAX):
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+            if not ready:
+                return False
+        return True
 
     async def drive(self) -> None:
         loop = self.loop
         fileno = self._selector.fileno()
         while not self._stopping:
-            self._step()
-            # The loop's own queues, read only: callbacks ready now, and timers (cancelled ones
-            # included: waking early for one costs an empty iteration).
-            if loop._ready:  # type: ignore[attr-defined]
-                await trio.lowlevel.checkpoint()
+            if self._run():
+                await trio.lowlevel.checkpoint()  # more to do: after the others have had a turn
                 continue
+            # The loop's timers, read only (cancelled ones included: waking early for one costs
+            # an empty iteration).
             scheduled = loop._scheduled  # type: ignore[attr-defined]
             deadline = math.inf
             if scheduled:
