@@ -9,6 +9,8 @@ nothing behind in its accounts.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -245,6 +247,26 @@ def test_ended_calls_keep_no_cycle_and_leave_nothing_in_their_accounts() -> None
     for account in (w.c1, w.c2, w.r1):
         assert account.active_charges == {}
         assert account._young is None
+
+
+def test_a_call_is_freed_at_its_stop_and_its_hold_expiry_then_finds_nothing() -> None:
+    """The hold expiry of every authorization stays in the engine's heap for hold_ttl_seconds, as
+    a number: the call it names is freed when it ends, not a minute later."""
+    w = World()
+    granted(w.authorize("c1", sid="a"))
+    session = w.engine.sessions[("nas1", "a")]
+    w.start("a")
+    w.stop("a", 10)
+    # Only this test's own name and getrefcount's argument hold the session now.
+    assert sys.getrefcount(session) == 2
+    assert w.engine._pending == {}
+    assert len(w.engine._hold_expiries) == 1
+    granted(w.authorize("c1", sid="b"))  # never started: released at its expiry
+    w.clock.now += 61
+    w.engine.tick()
+    assert w.engine.sessions == {} and w.engine._pending == {}
+    assert w.c1.calls == 0 and w.c1.pending_hold_micros == 0
+    w.engine.check_invariants()
 
 
 def test_a_repeated_stop_answers_the_same_transfers_at_every_depth() -> None:

@@ -14,7 +14,16 @@ import asyncpg
 import pytest
 import trio
 
-from ccserver.actors.account import Account, AccountKind, Billing, CliPolicy, CpsWindow, Status
+from ccserver.actors.account import (
+    NUM_BITS,
+    NUM_MASK,
+    Account,
+    AccountKind,
+    Billing,
+    CliPolicy,
+    CpsWindow,
+    Status,
+)
 from ccserver.actors.engine import Engine
 from ccserver.actors.hierarchy import Hierarchy, HierarchyError
 from ccserver.actors.messages import (
@@ -607,7 +616,7 @@ def engine_content(engine: Engine) -> dict[str, Any]:
         "groups": {key: group_content(group) for key, group in engine.rate_groups.items()},
         "sessions": plain(engine.sessions),
         "session_seq": engine._session_seq,
-        "hold_expiries": [(at, num) for at, num, _ in engine._hold_expiries],
+        "hold_expiries": [(at >> NUM_BITS, at & NUM_MASK) for at in engine._hold_expiries],
         "deadlines": engine._deadlines,
         "deadline_live": engine._deadline_live,
         "joins": plain(engine._joins),

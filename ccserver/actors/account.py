@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 # milliseconds; dividing by this gives micro-units.
 EXPOSURE_DENOMINATOR = SECONDS_PER_MINUTE * PPM * 1000
 CPS_LIMIT_MAX = 100_000
+# Heaps of timed entries keyed by a session's number (an account's young calls, the engine's hold
+# expiries) hold `when_ms << NUM_BITS | num`: one int, which sorts as (when, num) did as a tuple,
+# and which the cycle collector never tracks. A tuple per call, alive for as long as the call or
+# its hold, was most of what every young collection walked.
+NUM_BITS = 64
+NUM_MASK = (1 << NUM_BITS) - 1
 
 
 class AccountKind(enum.StrEnum):
@@ -302,9 +308,9 @@ class Account:
         self.mature_rate_sum = 0
         self.mature_rate_time_sum = 0
         self.young_rate_sum = 0
-        # A heap of (mature_ms, session num, charge); None while the account has no active calls
-        # (most accounts, most of the time: no list per account, nothing for the collector).
-        self._young: list[tuple[int, int, LevelCharge]] | None = None
+        # A heap of mature_ms << NUM_BITS | session num, the charge found in active_charges;
+        # None while the account has no active calls (most accounts, most of the time).
+        self._young: list[int] | None = None
         self._deadline_version = 0
         # The depletion deadline the engine has scheduled for this account, if any, and how much
         # more the account may spend before it (see Engine._reschedule).
@@ -400,9 +406,7 @@ class Account:
 
     def exposure_micros(self, now_ms: int) -> int:
         """What this account's active calls have used or hold by now (a lower bound of cost)."""
-        young = self._young
-        while young and young[0][0] <= now_ms:
-            self._mature(heapq.heappop(young)[2])
+        self._mature_until(now_ms)
         accrued = self.mature_rate_sum * now_ms - self.mature_rate_time_sum
         return self.active_base_micros + -(-accrued // EXPOSURE_DENOMINATOR)
 
@@ -411,7 +415,7 @@ class Account:
         # balance - floor - pending - exposure_micros(now_ms), inlined: this runs at every level
         # of every authorization and deadline. The accrual term is skipped when nothing accrues.
         young = self._young
-        if young and young[0][0] <= now_ms:
+        if young and young[0] >> NUM_BITS <= now_ms:
             self._mature_until(now_ms)
         available = (
             self.balance_micros
@@ -427,8 +431,14 @@ class Account:
 
     def _mature_until(self, now_ms: int) -> None:
         young = self._young
-        while young and young[0][0] <= now_ms:
-            self._mature(heapq.heappop(young)[2])
+        active = self.active_charges
+        while young and young[0] >> NUM_BITS <= now_ms:
+            entry = heapq.heappop(young)
+            charge = active.get(entry & NUM_MASK)
+            # Entries are removed lazily: the call may have ended, or been re-anchored (Interim-
+            # Update) with an entry of its own for its new instant.
+            if charge is not None and charge.mature_ms == entry >> NUM_BITS:
+                self._mature(charge)
 
     def _mature(self, charge: LevelCharge) -> None:
         if charge.accrual_state != 1:
@@ -449,7 +459,7 @@ class Account:
                 self._mature(charge)
             else:
                 young = self._young
-                entry = (charge.mature_ms, charge.session_id_num, charge)
+                entry = charge.mature_ms << NUM_BITS | charge.session_id_num
                 if young is None:
                     self._young = [entry]
                 else:
@@ -493,7 +503,14 @@ class Account:
 
     def _compact_young(self) -> None:
         assert self._young is not None
-        young = [entry for entry in self._young if entry[2].accrual_state == 1]
+        active = self.active_charges
+        young = []
+        for entry in self._young:
+            charge = active.get(entry & NUM_MASK)
+            if charge is None or charge.accrual_state != 1:
+                continue  # ended, or matured already
+            if charge.mature_ms == entry >> NUM_BITS:
+                young.append(entry)
         heapq.heapify(young)
         self._young = young
 

@@ -14,7 +14,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from ccserver.actors.account import EXPOSURE_DENOMINATOR, Account, CliPolicy, Status
+from ccserver.actors.account import (
+    EXPOSURE_DENOMINATOR,
+    NUM_BITS,
+    NUM_MASK,
+    Account,
+    CliPolicy,
+    Status,
+)
 from ccserver.actors.hierarchy import Hierarchy
 from ccserver.actors.messages import (
     AccountingRequest,
@@ -81,7 +88,11 @@ class Engine:
         # (nas, User-Name, Called-Station-Id), oldest first.
         self._joins: dict[tuple[str, ...], list[Session]] = {}
         self._session_seq = 0
-        self._hold_expiries: list[tuple[int, int, Session]] = []
+        # A heap of hold_expires_ms << NUM_BITS | num of every authorization, and the sessions
+        # still waiting for their Start by num: an expiry that finds its call started, ended or
+        # authorized afresh finds nothing here.
+        self._hold_expiries: list[int] = []
+        self._pending: dict[int, Session] = {}
         self._deadlines: list[tuple[int, int, int]] = []  # (deadline_ms, account id, version)
         # account id -> the version of its deadline in the heap, for the levels with calls up (a
         # level whose last call ended keeps its deadline parked in Account.deadline_ms)
@@ -222,7 +233,7 @@ class Engine:
                 return Reject(RejectReason.CPS_LIMIT, level.number)
             # Account.available_micros, inlined.
             young = level._young
-            if young and young[0][0] <= now_ms:
+            if young and young[0] >> NUM_BITS <= now_ms:
                 level._mature_until(now_ms)
             available = (
                 level.balance_micros
@@ -294,7 +305,8 @@ class Engine:
             join = (nas, request.username, request.called or "")
             session.join_key = join
             self._joins.setdefault(join, []).append(session)
-        heapq.heappush(self._hold_expiries, (hold_expires_ms, num, session))
+        self._pending[num] = session
+        heapq.heappush(self._hold_expiries, hold_expires_ms << NUM_BITS | num)
         if previous is None and chain:
             # Only this call's hold has changed the account (chain[0]) since it was priced.
             available = account_available
@@ -437,6 +449,7 @@ class Engine:
         if session.join_key is not None:
             self._unjoin(session)
         session.state = _STARTED
+        self._pending.pop(session.num, None)
         session.start_ms = start_ms
         if now_ms is None:
             now_ms = int(self.clock() * 1000)
@@ -587,6 +600,8 @@ class Engine:
                 # with calls up, not every level that ever had one) but stays with its margin,
                 # for the level's next call to take up without computing it afresh.
                 self._deadline_live.pop(level.id, None)
+        if pending:
+            self._pending.pop(session.num, None)
         session.state = _ENDED
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
@@ -626,6 +641,8 @@ class Engine:
             else:
                 level.end_active(charge)
             charge.session = None
+        if state is _PENDING:
+            self._pending.pop(session.num, None)
         session.state = _ENDED
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
@@ -802,7 +819,7 @@ class Engine:
         expiries = self._hold_expiries
         deadlines = self._deadlines
         if expiries:
-            first = expiries[0][0] + int(hold_slack_seconds * 1000)
+            first = (expiries[0] >> NUM_BITS) + int(hold_slack_seconds * 1000)
             if deadlines and deadlines[0][0] < first:
                 first = deadlines[0][0]
         elif deadlines:
@@ -815,9 +832,10 @@ class Engine:
         """Release expired holds and find the calls whose chain ran dry by now."""
         now_ms = int(self.clock() * 1000)
         expiries = self._hold_expiries
-        while expiries and expiries[0][0] <= now_ms:
-            _, _, session = heapq.heappop(expiries)
-            if session.state is _PENDING:
+        pending = self._pending
+        while expiries and expiries[0] >> NUM_BITS <= now_ms:
+            session = pending.get(heapq.heappop(expiries) & NUM_MASK)
+            if session is not None:
                 self._release(session)
         disconnects: list[Disconnect] = []
         deadlines = self._deadlines
@@ -885,6 +903,9 @@ class Engine:
                 else:
                     base[level_id] = base.get(level_id, 0) + charge.hold_micros
                     assert charge.account.active_charges.get(session.num) is charge
+        for num, session in self._pending.items():
+            assert session.num == num and session.state is _PENDING
+            assert self.sessions.get(session.key) is session
         for account in self.hierarchy:
             assert account.calls == calls.get(account.id, 0), account
             assert account.pending_hold_micros == pending.get(account.id, 0), account
