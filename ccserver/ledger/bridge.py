@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import math
 import selectors
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -175,10 +176,13 @@ class _SteppedLoop:
     polled by `drive`; its earliest timer, as `drive`'s deadline; and `start`, which a trio task
     calls to hand it a coroutine, and which runs the loop at once in that task (the coroutine's
     query is sent before `start` returns). Each time, the loop runs until nothing is ready or for
-    STEPS_MAX iterations: a reply from Postgres is read, its waiting coroutine resumed and the
-    result handed back in one turn of trio, not in one turn per iteration."""
+    STEPS_MAX iterations or RUN_SECONDS_MAX: a reply from Postgres is read, its waiting coroutine
+    resumed and the result handed back in one turn of trio, not in one turn per iteration; and a
+    large result (rows arrive 256 KiB at a time, each parsed in one iteration) does not hold up
+    the requests trio has waiting for longer than that."""
 
     STEPS_MAX = 16
+    RUN_SECONDS_MAX = 0.001
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
@@ -217,11 +221,14 @@ class _SteppedLoop:
         loop = self.loop
         # The loop's queue of ready callbacks, read only: asyncio has no public view of it.
         ready = loop._ready  # type: ignore[attr-defined]
+        until = time.perf_counter() + self.RUN_SECONDS_MAX
         for _ in range(self.STEPS_MAX):
             loop.call_soon(loop.stop)
             loop.run_forever()
             if not ready:
                 return False
+            if time.perf_counter() > until:
+                break
         return True
 
     async def drive(self) -> None:
