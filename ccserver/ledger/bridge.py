@@ -1,10 +1,10 @@
 """asyncpg on an asyncio loop that a trio task steps, in trio's own thread; trio awaits it here.
 
 asyncpg needs asyncio and the server runs on trio. The bridge owns an asyncio loop that never
-runs by itself: a trio task (`_drive`) waits until the loop's selector is readable (a Postgres
-socket has data), its next timer is due or a trio task has handed it work, then runs one
-iteration of it. So asyncpg's callbacks run in the thread that runs everything else: a call costs
-no hand-over between threads, and the commit path never waits for the GIL behind the engine.
+runs by itself (`_SteppedLoop`): a trio task runs it whenever its selector is readable (a
+Postgres socket has data) or its next timer is due, and the task that hands it a call runs it at
+once. So asyncpg's callbacks run in the thread that runs everything else: a call costs no
+hand-over between threads, and the commit path never waits for the GIL behind the engine.
 `await bridge.run(fn, *args)` runs `fn(connection, *args)` on that loop and returns when it is
 done; cancelling the trio task cancels the asyncpg call. At most `inflight_max` calls are in
 flight: the rest wait on a trio semaphore (the bound is the backpressure).
