@@ -263,6 +263,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pending: list[dict[int, tuple[Unit, int, bytes, str]]] = [{} for _ in socks]
 
     latencies = {kind: array("q") for kind in KINDS}
+    # With --latency-log: per answered request in the window, its send (ns after the window
+    # opened), its latency (ns) and its kind's index in KINDS.
+    timeline = array("q")
+    kinds_index = {kind: i for i, kind in enumerate(KINDS)}
     kernel_latencies = array("q")
     unit_latencies = array("q")
     counts = collections.Counter[str]()
@@ -360,6 +364,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if in_window:
             latencies[kind].append(now - sent)
             kernel_latencies.append(arrived - sent)
+            if args.latency_log:
+                timeline.extend((sent - window_start, now - sent, kinds_index[kind]))
             counts["answered"] += 1
         if data[0] != POSITIVE[kind]:
             counts["rejects"] += 1
@@ -444,6 +450,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     all_latencies = array("q")
     for kind in KINDS:
         all_latencies.extend(latencies[kind])
+    if args.latency_log:
+        with open(args.latency_log, "w") as log:
+            log.write("sent_ms\tlatency_ms\tkind\n")
+            for i in range(0, len(timeline), 3):
+                sent_at, latency, kind_at = timeline[i : i + 3]
+                log.write(f"{sent_at / 1e6:.3f}\t{latency / 1e6:.3f}\t{KINDS[kind_at]}\n")
     # Requests still pending at the end never got an answer.
     counts["timeouts"] += sum(len(p) for p in pending)
     return {
@@ -500,6 +512,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--session-prefix",
         default=f"lg{os.getpid() % 100_000:05d}{os.urandom(2).hex()}-",
         help="Acct-Session-Id prefix (a 12-digit counter follows)",
+    )
+    parser.add_argument(
+        "--latency-log", metavar="PATH", help="write each answered request's send and latency"
     )
     parser.add_argument("--full-check-every", type=int, default=64, metavar="N")
     parser.add_argument(
