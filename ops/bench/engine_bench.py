@@ -28,7 +28,12 @@ from ccserver.actors.account import Account, AccountKind
 from ccserver.actors.engine import Engine
 from ccserver.actors.messages import AccountingRequest, CallRequest, Pap, Reject
 from ccserver.rating.tariff import Rate, RateGroup
-from ccserver.server import HOLD_RELEASE_SLACK_SECONDS, freeze_start_up_heap, tune_runtime
+from ccserver.server import (
+    HOLD_RELEASE_SLACK_SECONDS,
+    YOUNG_COLLECTION_PERIOD_SECONDS,
+    freeze_start_up_heap,
+    tune_runtime,
+)
 
 SEED = 20_240_501
 # Each account gets its own balance object (as when loaded from the database), large enough that
@@ -154,9 +159,13 @@ def run_calls(engine: Engine, clock: list[float], plan: Plan, concurrent: int) -
 
     gc.callbacks.append(on_gc)
     wall_began = time.perf_counter()
+    young_collection_due = wall_began + YOUNG_COLLECTION_PERIOD_SECONDS
     for seq, (username, password, called, seconds) in enumerate(plan):
         clock[0] += step_seconds
         now = clock[0]
+        if seq & 63 == 0 and time.perf_counter() >= young_collection_due:
+            gc.collect(0)  # what the server's collect_young_generation task does
+            young_collection_due = time.perf_counter() + YOUNG_COLLECTION_PERIOD_SECONDS
         while live and live[0][0] <= now:
             stop(heapq.heappop(live))
         deadline = engine.next_deadline(HOLD_RELEASE_SLACK_SECONDS)
