@@ -48,7 +48,7 @@ GC_THRESHOLDS = (5_000, 50, 100)
 # as long as the call, and the engine remembers each stop for the next 50,000. At a steady rate as
 # many old ones die as new ones are made, the count stays under the threshold, and the survivors
 # pile up unwalked until a collection finally comes: under accounting load one found 30,000-
-# 130,000 young objects and stopped every request for 30-100 ms. So the young generation is also
+# 150,000 young objects and stopped every request for 17-80 ms. So the young generation is also
 # collected on a clock, between requests.
 YOUNG_COLLECTION_PERIOD_SECONDS = 0.1
 
