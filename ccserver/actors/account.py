@@ -104,7 +104,6 @@ class Account:
         "_chain",
         "_chain_epoch",
         "_credit_limit_micros",
-        "_deadline_version",
         "_young",
         "active_base_micros",
         "active_charges",
@@ -311,7 +310,6 @@ class Account:
         # A heap of mature_ms << NUM_BITS | session num, the charge found in active_charges;
         # None while the account has no active calls (most accounts, most of the time).
         self._young: list[int] | None = None
-        self._deadline_version = 0
         # The depletion deadline the engine has scheduled for this account, if any, and how much
         # more the account may spend before it (see Engine._reschedule).
         self.deadline_ms: int | None = None
@@ -533,14 +531,6 @@ class Account:
         # Rounded up, so that at the instant returned the funds are gone (or, with young calls,
         # the re-check finds a later instant): the scheduler always makes progress.
         return now_ms + -(-remaining * EXPOSURE_DENOMINATOR // rate_sum)
-
-    def next_deadline_version(self) -> int:
-        self._deadline_version += 1
-        return self._deadline_version
-
-    @property
-    def deadline_version(self) -> int:
-        return self._deadline_version
 
     def assert_invariants(self) -> None:
         assert self.calls >= 0

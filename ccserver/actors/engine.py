@@ -51,6 +51,8 @@ RECENT_KEYS_MAX = 200_000
 RECENT_STOPS_MAX = 50_000
 SESSIONS_MAX = 2_000_000
 DEADLINE_HEAP_SLACK = 1024
+DEADLINE_ID_BITS = 64  # of the account id in an entry of the deadline heap
+DEADLINE_ID_MASK = (1 << DEADLINE_ID_BITS) - 1
 # A depletion further away than this is scheduled half-way instead (Engine._reschedule).
 DEADLINE_HORIZON_MS = 60_000
 _ROUNDING_SLACK = EXPOSURE_DENOMINATOR - 1
@@ -93,9 +95,12 @@ class Engine:
         # authorized afresh finds nothing here.
         self._hold_expiries: list[int] = []
         self._pending: dict[int, Session] = {}
-        self._deadlines: list[tuple[int, int, int]] = []  # (deadline_ms, account id, version)
-        # account id -> the version of its deadline in the heap, for the levels with calls up (a
-        # level whose last call ended keeps its deadline parked in Account.deadline_ms)
+        # A heap of deadline_ms << DEADLINE_ID_BITS | account id (ints: no tuple per deadline
+        # for the young collection to walk), and account id -> the deadline it has in the heap,
+        # for the levels with calls up (a level whose last call ended keeps its deadline parked
+        # in Account.deadline_ms). An entry is live if it is its account's deadline; an entry
+        # pushed twice for the same instant is looked at once (the second finds it not live).
+        self._deadlines: list[int] = []
         self._deadline_live: dict[int, int] = {}
         # A stop or a money operation seen again answers what it answered the first time.
         # A stop is remembered as its CDR and the parent id of its top level (_transfers_of).
@@ -794,13 +799,17 @@ class Engine:
         self._reschedule(account, now_ms)
 
     def _push_deadline(self, account: Account, deadline: int) -> None:
-        version = account.next_deadline_version()
+        assert 0 <= account.id <= DEADLINE_ID_MASK  # ids are Postgres bigints, never negative
         account.deadline_ms = deadline
-        self._deadline_live[account.id] = version
-        heapq.heappush(self._deadlines, (deadline, account.id, version))
+        self._deadline_live[account.id] = deadline
+        heapq.heappush(self._deadlines, deadline << DEADLINE_ID_BITS | account.id)
         if len(self._deadlines) > 2 * len(self._deadline_live) + DEADLINE_HEAP_SLACK:
             live = self._deadline_live
-            self._deadlines = [entry for entry in self._deadlines if live.get(entry[1]) == entry[2]]
+            self._deadlines = [
+                entry
+                for entry in self._deadlines
+                if live.get(entry & DEADLINE_ID_MASK) == entry >> DEADLINE_ID_BITS
+            ]
             heapq.heapify(self._deadlines)
 
     def _drop_deadline(self, account: Account) -> None:
@@ -820,10 +829,10 @@ class Engine:
         deadlines = self._deadlines
         if expiries:
             first = (expiries[0] >> NUM_BITS) + int(hold_slack_seconds * 1000)
-            if deadlines and deadlines[0][0] < first:
-                first = deadlines[0][0]
+            if deadlines and deadlines[0] >> DEADLINE_ID_BITS < first:
+                first = deadlines[0] >> DEADLINE_ID_BITS
         elif deadlines:
-            first = deadlines[0][0]
+            first = deadlines[0] >> DEADLINE_ID_BITS
         else:
             return None
         return first / 1000
@@ -839,9 +848,10 @@ class Engine:
                 self._release(session)
         disconnects: list[Disconnect] = []
         deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now_ms:
-            _, account_id, version = heapq.heappop(deadlines)
-            if self._deadline_live.get(account_id) != version:
+        while deadlines and deadlines[0] >> DEADLINE_ID_BITS <= now_ms:
+            entry = heapq.heappop(deadlines)
+            account_id = entry & DEADLINE_ID_MASK
+            if self._deadline_live.get(account_id) != entry >> DEADLINE_ID_BITS:
                 continue
             del self._deadline_live[account_id]
             account = self.hierarchy.get(account_id)
