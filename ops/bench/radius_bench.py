@@ -29,6 +29,11 @@ other phases rather than in them. With --py-spy, one more ccserver run after the
 and one after the authorization phases, under `py-spy record`, and a summary of where ccserver
 spends its time; those runs are not used in the table.
 
+Before every phase, every database is vacuumed and analyzed (`Bench.settle`): maintenance left
+due by the phases before it or by the setup is not done by autovacuum during the phase, whichever
+server that phase measures; autovacuum that a phase's own load makes due still runs in it, and is
+named under the phase.
+
 A benchmark prints; it asserts nothing. The machine is whatever it is: the load average and the
 CPU used by each process in each phase are printed next to the figures, and, before the servers
 start and after the phases, --disk-seconds of 8 KiB writes each followed by fdatasync on the file
@@ -411,6 +416,22 @@ class Bench:
         self.psql(self.postgres.admin_dsn(), "ALTER SYSTEM SET log_autovacuum_min_duration = 0")
         self.psql(self.postgres.admin_dsn(), "SELECT pg_reload_conf()")
 
+    def settle(self) -> float:
+        """VACUUM (ANALYZE) every database, before a phase: the maintenance that the previous
+        phases or the setup made due (FreeRADIUS's radacct after its accounting phases, the
+        accounts the setup wrote, the catalogs of a new cluster) is done now, rather than by
+        autovacuum during whichever phase comes next, whichever server it measures. What a
+        phase's own load makes due still falls in it. Returns the seconds it took."""
+        postgres = self.postgres
+        assert postgres is not None
+        began = time.perf_counter()
+        query = "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1"
+        for name in self.psql(postgres.admin_dsn(), query).split():
+            self.psql(postgres.dsn(name), "VACUUM (ANALYZE)")
+            # ANALYZE rewrote rows of pg_statistic: vacuumed too, or autovacuum would.
+            self.psql(postgres.dsn(name), "VACUUM pg_catalog.pg_statistic")
+        return time.perf_counter() - began
+
     def postgres_log(self) -> Path | None:
         """The server's log (its stderr, which the embedded server writes into its data dir)."""
         log = self.postgres.pgdata / "log" if self.postgres is not None else None
@@ -700,6 +721,7 @@ class Bench:
     ) -> dict[str, Any]:
         args = self.args
         label = {"auth": "authorizations", "acct": "accounting Start+Stop", "cycle": "call cycles"}
+        settled = self.settle()
         load = load_average()
         window = parallelism or args.parallelism
         result = self.loadgen(
@@ -729,7 +751,8 @@ class Bench:
             f"    CPU: server {result['server_cpu_percent']:.0f}%"
             + (f" (main thread {main:.0f}%)" if target.name == "ccserver" else "")
             + f", postgres {result['postgres_cpu_percent']:.0f}%, "
-            f"load generator {result['cpu_percent']:.0f}%; load average {load}"
+            f"load generator {result['cpu_percent']:.0f}%; load average {load};"
+            f" VACUUM (ANALYZE) before it {settled:.2f} s"
         )
         if result["first_reject"]:
             print(f"    first negative answer: {result['first_reject']}")
