@@ -829,8 +829,8 @@ class Engine:
         deadlines = self._deadlines
         if expiries:
             first = (expiries[0] >> NUM_BITS) + int(hold_slack_seconds * 1000)
-            if deadlines and deadlines[0] >> DEADLINE_ID_BITS < first:
-                first = deadlines[0] >> DEADLINE_ID_BITS
+            if deadlines:
+                first = min(first, deadlines[0] >> DEADLINE_ID_BITS)
         elif deadlines:
             first = deadlines[0] >> DEADLINE_ID_BITS
         else:

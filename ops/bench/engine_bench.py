@@ -44,7 +44,9 @@ NUMBER_BASE = 1_000_000_000  # 10-digit account numbers, as ASTPP issues them
 CALLED_DIGITS = 12
 CALL_SECONDS_MAX = 600  # durations are uniform over 1..600 s
 INCREMENTS = ((1, 1), (30, 6), (60, 60))  # (first, next) increment seconds
-NAS_NAMES = tuple(f"nas-{n}" for n in range(8))  # a power of two: the loop picks one by seq & 7
+NAS_NAMES = tuple(f"nas-{n}" for n in range(8))
+NAS_MASK = len(NAS_NAMES) - 1  # the loop picks call n's NAS as n & NAS_MASK: a power of two
+assert len(NAS_NAMES) & NAS_MASK == 0
 CALL_BITS = 24  # of the plan index in an entry of the heap of calls up
 TARGET_CYCLES_PER_SECOND = 20_000
 TARGET_AUTHORIZE_P99_US = 100
@@ -144,13 +146,12 @@ def run_calls(
     authorize_ns, start_ns, stop_ns, tick_ns = (
         times[name] for name in ("authorize", "start", "stop", "tick")
     )
-    counts = {"rejects": 0, "disconnects": 0, "concurrent_sum": 0, "concurrent_max": 0}
     live: list[int] = []
     perf = time.perf_counter_ns
     gc_began = [0]
     # Each round's calls are new calls: the engine remembers the stops of the rounds before.
     session_ids = [f"{round_number:02x}{seq:014x}" for seq in range(len(plan))]
-    nas_names = NAS_NAMES
+    nas_names, nas_mask = NAS_NAMES, NAS_MASK
     authorize, start, stop = engine.authorize, engine.start, engine.stop
     next_deadline, tick = engine.next_deadline, engine.tick
     push, pop = heapq.heappush, heapq.heappop
@@ -167,7 +168,11 @@ def run_calls(
         index = entry & mask
         username, _, called, seconds = plan[index]
         request = AccountingRequest(
-            nas_names[index & 7], session_ids[index], username, called, duration_seconds=seconds
+            nas_names[index & nas_mask],
+            session_ids[index],
+            username,
+            called,
+            duration_seconds=seconds,
         )
         began = perf()
         result = stop(request)
@@ -192,7 +197,7 @@ def run_calls(
             began = perf()
             disconnects += len(tick())
             tick_ns.append(perf() - began)
-        nas, session_id = nas_names[seq & 7], session_ids[seq]
+        nas, session_id = nas_names[seq & nas_mask], session_ids[seq]
         request = CallRequest(
             nas, username, called, credential=Pap(password), session_id=session_id
         )
@@ -217,12 +222,12 @@ def run_calls(
         rejects += stop_call(entry)
     wall = time.perf_counter() - wall_began
     gc.callbacks.remove(on_gc)
-    counts.update(
-        rejects=rejects,
-        disconnects=disconnects,
-        concurrent_sum=concurrent_sum,
-        concurrent_max=concurrent_max,
-    )
+    counts = {
+        "rejects": rejects,
+        "disconnects": disconnects,
+        "concurrent_sum": concurrent_sum,
+        "concurrent_max": concurrent_max,
+    }
     return wall, times, counts
 
 
@@ -309,29 +314,27 @@ def main() -> None:
     # Other processes on the machine only ever slow a round down: the quickest round is the
     # engine's speed (as timeit takes the quickest of its repeats, and as the reference loop
     # is timed), and every round is printed beside it.
-    per_round = []
-    for wall_seconds, round_times, _ in rounds:
-        engine_ns = sum(sum(round_times[name]) for name in ("authorize", "start", "stop", "tick"))
-        per_round.append((args.cycles / wall_seconds, args.cycles / (engine_ns / 1e9)))
-    wall = min(wall_seconds for wall_seconds, _, _ in rounds)
-    best, best_engine_only = max(per_round)
-    listed = ", ".join(f"{rate:,.0f}" for rate, _ in per_round)
+    wall, quickest_times, _ = min(rounds, key=lambda outcome: outcome[0])
+    engine_ns = sum(sum(quickest_times[name]) for name in ("authorize", "start", "stop", "tick"))
+    listed = ", ".join(f"{args.cycles / outcome[0]:,.0f}" for outcome in rounds)
     print(
-        f"engine: cycles/s = {best:,.0f}  (target >= {TARGET_CYCLES_PER_SECOND:,})"
+        f"engine: cycles/s = {args.cycles / wall:,.0f}  (target >= {TARGET_CYCLES_PER_SECOND:,})"
         f"  [quickest of {args.rounds} rounds of {args.cycles:,} full cycles, {wall:.2f} s wall;"
-        f" {best_engine_only:,.0f}/s counting engine calls only; every round: {listed}]"
+        f" {args.cycles / (engine_ns / 1e9):,.0f}/s counting engine calls only;"
+        f" every round: {listed}]"
     )
     # Latencies and counts over every round.
-    times = {name: array("q") for name in rounds[0][1]}
-    counts = dict.fromkeys(rounds[0][2], 0)
-    for _, round_times, round_counts in rounds:
+    times = {name: array("q") for name in quickest_times}
+    for _, round_times, _ in rounds:
         for name, values in round_times.items():
             times[name].extend(values)
-        for name, value in round_counts.items():
-            counts[name] = (
-                max(counts[name], value) if name.endswith("_max") else counts[name] + value
-            )
+    counts = {
+        name: sum(outcome[2][name] for outcome in rounds)
+        for name in ("rejects", "disconnects", "concurrent_sum")
+    }
+    counts["concurrent_max"] = max(outcome[2]["concurrent_max"] for outcome in rounds)
     cycles = args.cycles * args.rounds
+    wall_total = sum(outcome[0] for outcome in rounds)
     for name in ("authorize", "start", "stop", "tick"):
         ordered = sorted(times[name])
         p50, p99, p999, top = (percentile_us(ordered, f) for f in (0.5, 0.99, 0.999, 1.0))
@@ -345,7 +348,7 @@ def main() -> None:
         print(
             f"gc: {len(pauses_s):,} {title} collections (generation {generation}) in the loop,"
             f" longest {max(pauses_s, default=0) * 1000:.1f} ms, total {total:.2f} s"
-            f" ({total / sum(r[0] for r in rounds):.1%} of wall)"
+            f" ({total / wall_total:.1%} of wall)"
         )
     print(
         f"calls up at once: mean {counts['concurrent_sum'] / cycles:,.0f},"

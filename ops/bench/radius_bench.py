@@ -425,11 +425,18 @@ class Bench:
         postgres = self.postgres
         assert postgres is not None
         began = time.perf_counter()
+        admin = postgres.admin_dsn()
         query = "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1"
-        for name in self.psql(postgres.admin_dsn(), query).split():
-            self.psql(postgres.dsn(name), "VACUUM (ANALYZE)")
-            # ANALYZE rewrote rows of pg_statistic: vacuumed too, or autovacuum would.
-            self.psql(postgres.dsn(name), "VACUUM pg_catalog.pg_statistic")
+        # One psql for every database (\c to each); ANALYZE rewrites rows of pg_statistic, which
+        # is vacuumed after it, or autovacuum would.
+        script = self.dir / "settle.sql"
+        script.write_text(
+            "".join(
+                f'\\c "{name}"\nVACUUM (ANALYZE);\nVACUUM pg_catalog.pg_statistic;\n'
+                for name in self.psql(admin, query).split()
+            )
+        )
+        self.psql(admin, file=script)
         return time.perf_counter() - began
 
     def postgres_log(self) -> Path | None:
