@@ -43,7 +43,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 	CCSERVER_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests/test_engine.py \
 		tests/test_engine_fast_paths.py tests/test_engine_properties.py tests/test_prefix_index.py \
-		tests/test_rating.py tests/test_radius_codec.py tests/test_compiled.py
+		tests/test_rating.py tests/test_rate_space.py tests/test_radius_codec.py tests/test_compiled.py
 
 bench: $(COMPILED)
 	$(BIN)/python ops/bench/engine_bench.py

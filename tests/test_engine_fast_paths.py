@@ -115,12 +115,15 @@ def test_a_group_keeps_a_priced_rate_for_every_rate_of_its_tariff(
     for rate in listed:
         group.put(rate)
     first = [group.priced(rate) for rate in listed]
-    assert len(group._priced) == 20
+    # Kept in the group's space beside the rates, not in the bounded cache.
+    assert not group._priced
+    assert all(group.space.value(r.prefix, group) is e for r, e in zip(listed, first, strict=True))
     assert all(group.priced(rate) is entry for rate, entry in zip(listed, first, strict=True))
-    # Personal rates priced by the group on top of its tariff are bounded again.
+    # Personal rates priced by the group on top of its tariff are bounded.
     for n in range(20):
         group.priced(make_rate(prefix=str(900 + n), per_minute=60_000))
-        assert len(group._priced) <= 20
+        assert len(group._priced) <= 8
+    assert all(group.priced(rate) is entry for rate, entry in zip(listed, first, strict=True))
 
 
 def test_a_call_is_charged_at_the_pricing_of_its_stop() -> None:

@@ -26,7 +26,7 @@ from ccserver.actors.messages import (
     StopResult,
     Transfer,
 )
-from ccserver.rating.tariff import Rate, RateGroup
+from ccserver.rating.tariff import Rate, RateGroup, RateSpace
 
 EXAMPLES = 2000 if os.environ.get("CI") else 400
 START = 1_700_000_000.0
@@ -69,13 +69,14 @@ class Ledger:
 
 
 @st.composite
-def rate_groups(draw: st.DrawFn, group_id: int) -> RateGroup:
+def rate_groups(draw: st.DrawFn, group_id: int, space: RateSpace | None = None) -> RateGroup:
     group = RateGroup(
         group_id,
         f"g{group_id}",
         precision=draw(st.integers(0, 6)),
         rounding=draw(st.sampled_from(["up", "down", "half_up"])),
         markup_ppm=draw(st.sampled_from([0, 0, 100_000, 250_000])),
+        space=space,
     )
     optional = draw(st.sets(st.sampled_from(["44", "442", "336", "1"])))
     for prefix in ["4", "3", *sorted(optional)]:
@@ -100,7 +101,10 @@ def worlds(draw: st.DrawFn) -> Engine:
         max_call_seconds=draw(st.sampled_from([60, 600, 7200])),
         hold_ttl_seconds=draw(st.sampled_from([5, 60])),
     )
-    groups = [draw(rate_groups(gid)) for gid in range(1, 4)]
+    # The groups share the engine's space (as the server loads them: one walk rates the whole
+    # chain), or each has its own (a walk per level).
+    space = engine.rate_space if draw(st.booleans()) else None
+    groups = [draw(rate_groups(gid, space)) for gid in range(1, 4)]
     hierarchy = engine.hierarchy
     depth = draw(st.integers(1, 6))
     parents = [hierarchy.operator]

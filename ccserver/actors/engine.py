@@ -40,7 +40,7 @@ from ccserver.actors.messages import (
     Transfer,
 )
 from ccserver.actors.session import LevelCharge, Session, SessionState, session_id_of
-from ccserver.rating.tariff import Rate, RateGroup
+from ccserver.rating.tariff import PricedRate, Rate, RateGroup, RateSpace
 
 # Personal rates of an account with no rate group are rounded like a default tariff.
 DEFAULT_GROUP = RateGroup(0, "default")
@@ -78,9 +78,13 @@ class Engine:
         clock: Callable[[], float] = time.time,
         max_call_seconds: int = 7200,
         hold_ttl_seconds: int = 60,
+        rate_space: RateSpace | None = None,
     ) -> None:
         assert max_call_seconds > 0 and hold_ttl_seconds > 0
         self.hierarchy = hierarchy if hierarchy is not None else Hierarchy()
+        # Where the rate groups made for this engine keep their rates (RateGroup(space=...)):
+        # an authorization finds the rate of every level of its chain in one walk of it.
+        self.rate_space = rate_space if rate_space is not None else RateSpace()
         self.clock = clock
         self.max_call_seconds = max_call_seconds
         self.hold_ttl_seconds = hold_ttl_seconds
@@ -220,15 +224,12 @@ class Engine:
         granted = self.max_call_seconds
         account_available = 0
         num = self._session_seq + 1  # the number the session will have
-        for level in chain:
-            # Account.lookup_rate and _rate_for, inlined.
-            personal = level.personal_rates
-            rate = personal.longest_match(called) if personal is not None else None
-            group = level.rate_group
-            if rate is None and group is not None:
-                rate = group.index.longest_match(called)
-            if rate is None:
+        entries = _entries_for(self.rate_space, called, chain)
+        for n, level in enumerate(chain):
+            entry = entries[n]
+            if entry is None:
                 return Reject(RejectReason.NO_RATE, level.number, called)
+            group = level.rate_group
             if group is None:
                 group = DEFAULT_GROUP
             if level.max_concurrent and level.calls >= level.max_concurrent:
@@ -251,7 +252,7 @@ class Engine:
                 available += (
                     level.mature_rate_time_sum - mature_sum * now_ms
                 ) // EXPOSURE_DENOMINATOR
-            priced, seconds = group.quote(rate, available)
+            priced, seconds = group.quote_entry(entry, available)
             hold = priced.hold_micros
             if available < hold:
                 return Reject(RejectReason.INSUFFICIENT_FUNDS, level.number)
@@ -259,8 +260,10 @@ class Engine:
                 granted = seconds
             if not charges:
                 account_available = available - hold
-            charges.append(LevelCharge(None, num, level, rate, group, hold, priced.factor, priced))
-            grants.append(LevelGrant(level.id, level.number, rate.prefix, hold, seconds))
+            charges.append(
+                LevelCharge(None, num, level, priced.rate, group, hold, priced.factor, priced)
+            )
+            grants.append(LevelGrant(level.id, level.number, priced.prefix, hold, seconds))
         assert granted > 0
 
         session_id = request.session_id
@@ -462,8 +465,8 @@ class Engine:
             level = charge.account
             level.pending_hold_micros -= charge.hold_micros
             assert level.pending_hold_micros >= 0
-            rate = charge.rate  # charge.set_start, inlined
-            mature_ms = start_ms + (rate.free_seconds + rate.first_increment_seconds) * 1000
+            priced = charge.priced  # charge.set_start, inlined
+            mature_ms = start_ms + (priced.free_seconds + priced.first_increment_seconds) * 1000
             charge.mature_ms = mature_ms
             level.add_active(charge, now_ms)
             # Reserve what the call can burn until the deadline (see _reschedule): from now, or
@@ -563,7 +566,7 @@ class Engine:
             charge.session = None
             cost, billable = charge.group.charge(charge.priced, duration)
             assert cost >= 0
-            costs.append(LevelCost(level.id, level.number, charge.rate.prefix, cost, billable))
+            costs.append(LevelCost(level.id, level.number, charge.priced.prefix, cost, billable))
             if cost:
                 level.balance_micros -= cost
                 transfers.append(
@@ -923,6 +926,37 @@ class Engine:
             assert len(account.active_charges) <= account.calls
             account.assert_invariants()
             self.hierarchy.assert_acyclic(account)
+
+
+def _entries_for(
+    space: RateSpace, called: str, chain: tuple[Account, ...]
+) -> list[PricedRate | None]:
+    """The priced rate of every level of a chain for `called`, None where a level has none: its
+    personal rate (Account.lookup_rate's order), else its group's; the groups of `space` are
+    looked up in one walk of it."""
+    count = len(chain)
+    found: list[PricedRate | None] = [None] * count
+    groups: list[RateGroup | None] = [None] * count
+    wanted = 0
+    for n in range(count):
+        level = chain[n]
+        group = level.rate_group
+        personal = level.personal_rates
+        if personal is not None:
+            rate = personal.longest_match(called)
+            if rate is not None:
+                found[n] = (group if group is not None else DEFAULT_GROUP).priced(rate)
+                continue
+        if group is None:
+            continue
+        if group.space is space:
+            groups[n] = group
+            wanted += 1
+        else:
+            found[n] = group.space.find(called, group)
+    if wanted:
+        space.match(called, groups, found, wanted)
+    return found
 
 
 def _rate_for(level: Account, number: str) -> tuple[Rate | None, RateGroup]:

@@ -44,8 +44,8 @@ class LevelCharge(msgspec.Struct, gc=False, eq=False):
     accrual_state: int = 0
 
     def set_start(self, start_ms: int) -> None:
-        rate = self.rate
-        self.mature_ms = start_ms + (rate.free_seconds + rate.first_increment_seconds) * 1000
+        priced = self.priced
+        self.mature_ms = start_ms + (priced.free_seconds + priced.first_increment_seconds) * 1000
 
 
 class Session(msgspec.Struct, gc=False, eq=False):

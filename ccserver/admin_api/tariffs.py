@@ -37,8 +37,8 @@ from ccserver.admin_api.problems import (
 )
 from ccserver.ledger import store
 from ccserver.money import MoneyError, Rounding, parse_money, percent_to_ppm
-from ccserver.rating.prefix_index import PREFIX_DIGITS_MAX, PrefixIndex, is_digit_prefix
-from ccserver.rating.tariff import INCREMENT_SECONDS_MAX, PPM, Rate, RateGroup
+from ccserver.rating.prefix_index import PREFIX_DIGITS_MAX, is_digit_prefix
+from ccserver.rating.tariff import INCREMENT_SECONDS_MAX, PPM, Rate, RateGroup, RateIndex
 
 RATES_PER_REQUEST_MAX = 100_000  # JSON upsert; a bigger deck goes in as CSV
 CSV_ROWS_MAX = 1_000_000  # the 64 MiB body bound allows about this many
@@ -319,7 +319,15 @@ async def create_group(api: Api, call: Call) -> RateGroupView:
     if group_id is None:
         raise conflict(f"the owner already has a rate group named {name!r}")
     assert group_id not in api.engine.rate_groups
-    group = RateGroup(group_id, name, owner_id, body.precision, body.rounding, markup_ppm)
+    group = RateGroup(
+        group_id,
+        name,
+        owner_id,
+        body.precision,
+        body.rounding,
+        markup_ppm,
+        space=api.engine.rate_space,
+    )
     api.engine.rate_groups[group_id] = group
     return (await _views(api, [group]))[0]
 
@@ -611,14 +619,14 @@ def parse_rates_csv(body: bytes) -> list[Rate]:
     return rates
 
 
-def _index_of(rates: list[Rate]) -> PrefixIndex[Rate]:
-    index: PrefixIndex[Rate] = PrefixIndex()
+def _index_of(rates: list[Rate]) -> RateIndex:
+    index = RateIndex()  # of no group yet: the group takes it on the event loop
     for rate in rates:
         index.put(rate.prefix, rate)
     return index
 
 
-def _parse_and_index(body: bytes) -> tuple[list[Rate], PrefixIndex[Rate]]:
+def _parse_and_index(body: bytes) -> tuple[list[Rate], RateIndex]:
     rates = parse_rates_csv(body)
     return rates, _index_of(rates)
 

@@ -33,7 +33,7 @@ from ccserver.actors.engine import Engine
 from ccserver.actors.hierarchy import Hierarchy
 from ccserver.observability import get_logger
 from ccserver.rating.prefix_index import PrefixIndex
-from ccserver.rating.tariff import Rate, RateGroup
+from ccserver.rating.tariff import Rate, RateGroup, RateSpace
 
 # Connections a parallel read uses: the one given and three it opens with the DSN for the read
 # only, reading the two halves of the accounts, the rates, and the rest.
@@ -214,9 +214,10 @@ def build_engine(
     hold_ttl_seconds: int = 60,
 ) -> Engine:
     with _collector_paused():
+        space = RateSpace()
         groups: dict[int, RateGroup] = {}
         for row in snapshot.groups:
-            groups[row[0]] = RateGroup(row[0], row[1], row[2], row[3], row[4], row[5])
+            groups[row[0]] = RateGroup(row[0], row[1], row[2], row[3], row[4], row[5], space)
         for group_id, rates in _rates_by_group(snapshot.rates).items():
             # The database's CHECK constraints already validated every rate.
             groups[group_id].index.update(rates)
@@ -238,6 +239,7 @@ def build_engine(
             clock=clock,
             max_call_seconds=max_call_seconds,
             hold_ttl_seconds=hold_ttl_seconds,
+            rate_space=space,
         )
         engine.rate_groups = groups
         restore = engine.restore_session

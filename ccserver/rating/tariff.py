@@ -8,7 +8,9 @@ of integers and rounded once at the rate group's precision in its rounding direc
 
 from __future__ import annotations
 
+from collections import Counter
 from itertools import islice
+from typing import cast
 
 from ccserver.money import MONEY_DECIMALS_MAX, Rounding, round_ratio
 from ccserver.rating.prefix_index import PrefixIndex
@@ -26,10 +28,9 @@ CHARGE_DENOMINATOR = SECONDS_PER_MINUTE * PPM
 _UP = Rounding.UP
 _DOWN = Rounding.DOWN
 _HALF_UP = Rounding.HALF_UP
-# Priced rates a group keeps (about 130 bytes each) before it drops the oldest: as many as its
-# tariff has rates, and at least this many (personal rates priced by the group come on top). A
-# smaller cache than the tariff cost more than it saved when calls spread over its destinations:
-# with 100,000 rates and 65,536 kept, 63% of the lookups priced afresh (about 2 us each).
+# Priced rates a group keeps for rates not in its tariff (the personal rates of the accounts it
+# prices) before it drops the oldest. The rates of its tariff are priced in its RateSpace, one
+# PricedRate per rate.
 PRICED_MAX = 1 << 16
 PRICED_EVICTED = PRICED_MAX // 64
 # The rounding step of each precision, in micro-units.
@@ -48,21 +49,201 @@ def billable_seconds(rate: Rate, duration_seconds: int) -> int:
     return first + -(-(rest - first) // step) * step
 
 
+class RateIndex(PrefixIndex[Rate]):
+    """A rate group's prefix index of rates, mirrored into the group's RateSpace.
+
+    Built alone (a tariff parsed off the event loop) it is a plain index; once it is a group's
+    (`RateGroup.index = ...`) every change to it changes the space too.
+    """
+
+    __slots__ = ("group",)
+
+    def __init__(self, group: RateGroup | None = None) -> None:
+        super().__init__()
+        self.group = group
+
+    def put(self, prefix: str, value: Rate) -> None:
+        super().put(prefix, value)
+        group = self.group
+        if group is not None:
+            group.space.put(prefix, group, value)
+
+    def update(self, values: dict[str, Rate]) -> None:
+        super().update(values)
+        group = self.group
+        if group is not None:
+            group.space.put_all(group, values)
+
+    def remove(self, prefix: str) -> bool:
+        removed = super().remove(prefix)
+        group = self.group
+        if removed and group is not None:
+            group.space.discard(prefix, group)
+        return removed
+
+    def clear(self) -> None:
+        group = self.group
+        if group is not None:
+            for prefix in self:
+                group.space.discard(prefix, group)
+        super().clear()
+
+
+class RateSpace:
+    """The rates of several rate groups by prefix, so that one walk finds the rate of each.
+
+    A call is rated at every level of its chain, each level with its own group, and the groups
+    of one operator mostly share their prefixes (a reseller's tariff is its parent's destinations
+    at its own prices). A longest-prefix walk is mostly misses in a large table, longest length
+    first; walked once for the whole chain (`match`), those probes are paid once, not at every
+    level. Each prefix holds a tuple of (group, rate) pairs, one per group with a rate there
+    (scanned by identity: a handful in practice). A rate is replaced by its PricedRate the first
+    time it is priced, so a tariff loaded whole is not priced before it is used.
+
+    The engine's groups share the engine's space; a group made alone has a space of its own.
+    """
+
+    __slots__ = ("_lengths", "_lengths_count", "_nodes")
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, tuple[object, ...]] = {}
+        self._lengths: tuple[int, ...] = ()  # lengths of the prefixes present, longest first
+        self._lengths_count: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        """How many distinct prefixes (of any group)."""
+        return len(self._nodes)
+
+    def _counted(self, prefix: str, delta: int) -> None:
+        length = len(prefix)
+        counts = self._lengths_count
+        count = counts.get(length, 0) + delta
+        if count:
+            counts[length] = count
+        else:
+            del counts[length]
+        if count == 0 or (delta > 0 and count == delta):
+            self._lengths = tuple(sorted(counts, reverse=True))
+
+    def put(self, prefix: str, group: RateGroup, value: Rate | PricedRate) -> None:
+        nodes = self._nodes
+        node = nodes.get(prefix)
+        if node is None:
+            nodes[prefix] = (group, value)
+            self._counted(prefix, 1)
+            return
+        for i in range(0, len(node), 2):
+            if node[i] is group:
+                nodes[prefix] = (*node[: i + 1], value, *node[i + 2 :])
+                return
+        nodes[prefix] = (*node, group, value)
+
+    def put_all(self, group: RateGroup, rates: dict[str, Rate]) -> None:
+        """`put` of many rates of one group (a tariff loaded whole)."""
+        nodes = self._nodes
+        added = 0
+        for prefix, rate in rates.items():
+            node = nodes.get(prefix)
+            if node is None:
+                nodes[prefix] = (group, rate)
+                added += 1
+                continue
+            for i in range(0, len(node), 2):
+                if node[i] is group:
+                    nodes[prefix] = (*node[: i + 1], rate, *node[i + 2 :])
+                    break
+            else:
+                nodes[prefix] = (*node, group, rate)
+        if added:
+            self._lengths_count = dict(Counter(map(len, nodes)))
+            self._lengths = tuple(sorted(self._lengths_count, reverse=True))
+
+    def discard(self, prefix: str, group: RateGroup) -> None:
+        nodes = self._nodes
+        node = nodes.get(prefix)
+        if node is None:
+            return
+        for i in range(0, len(node), 2):
+            if node[i] is group:
+                rest = (*node[:i], *node[i + 2 :])
+                if rest:
+                    nodes[prefix] = rest
+                else:
+                    del nodes[prefix]
+                    self._counted(prefix, -1)
+                return
+
+    def value(self, prefix: str, group: RateGroup) -> Rate | PricedRate | None:
+        """What the space holds for `group` at `prefix` exactly: its rate, or the rate priced."""
+        node = self._nodes.get(prefix)
+        if node is not None:
+            for i in range(0, len(node), 2):
+                if node[i] is group:
+                    return cast("Rate | PricedRate", node[i + 1])
+        return None
+
+    def find(self, number: str, group: RateGroup) -> PricedRate | None:
+        """The longest-prefix rate of `group` for `number`, priced by it."""
+        nodes = self._nodes
+        size = len(number)
+        for length in self._lengths:
+            if length <= size:
+                node = nodes.get(number[:length])
+                if node is not None:
+                    for i in range(0, len(node), 2):
+                        if node[i] is group:
+                            return group.entry_of(cast("Rate | PricedRate", node[i + 1]))
+        return None
+
+    def match(
+        self,
+        number: str,
+        groups: list[RateGroup | None],
+        found: list[PricedRate | None],
+        wanted: int,
+    ) -> None:
+        """`found[n] = find(number, groups[n])` for every n where groups[n] is a group of this
+        space (`wanted` of them), in one walk; found[n] is left as it is where groups[n] is
+        None."""
+        nodes = self._nodes
+        size = len(number)
+        count = len(groups)
+        for length in self._lengths:
+            if length > size:
+                continue
+            node = nodes.get(number[:length])
+            if node is None:
+                continue
+            width = len(node)
+            for n in range(count):
+                group = groups[n]
+                if group is None or found[n] is not None:
+                    continue
+                for i in range(0, width, 2):
+                    if node[i] is group:
+                        found[n] = group.entry_of(cast("Rate | PricedRate", node[i + 1]))
+                        wanted -= 1
+                        break
+            if not wanted:
+                return
+
+
 class RateGroup:
     """A tariff: a prefix index of rates plus how their charges are rounded.
 
     The engine prices every level of every call (hold and grant at authorization, cost at stop),
     so what pricing needs is kept computed: the group's rounding units, and a `PricedRate` per
-    rate, cached by prefix (checked by identity, so that a rate replaced in the index, or a
-    personal rate on the same prefix, is priced as itself; at most one per rate of the index, or
-    PRICED_MAX if that is more). The setters of `precision`, `rounding` and `markup_ppm` refresh
-    the units and start a new generation of priced rates: a call admitted before the change is
-    charged at the pricing of its stop, as before. Rounding is `round_ratio`'s arithmetic,
-    inlined.
+    rate. Those of its tariff are kept in its RateSpace beside the rates, priced when first
+    used; those of other rates it prices (personal rates) in a cache by prefix, checked by
+    identity so that a personal rate on a prefix of the tariff is priced as itself (at most
+    PRICED_MAX). The setters of `precision`, `rounding` and `markup_ppm` refresh the units and
+    start a new generation of priced rates: a call admitted before the change is charged at the
+    pricing of its stop, as before. Rounding is `round_ratio`'s arithmetic, inlined.
     """
 
     __slots__ = (
         "_generation",
+        "_index",
         "_markup_factor",
         "_markup_ppm",
         "_precision",
@@ -71,9 +252,9 @@ class RateGroup:
         "_scaled",
         "_step",
         "id",
-        "index",
         "name",
         "owner_id",
+        "space",
     )
 
     def __init__(
@@ -84,6 +265,7 @@ class RateGroup:
         precision: int = 4,
         rounding: str = Rounding.UP,  # a Rounding or its value ("half_up")
         markup_ppm: int = 0,
+        space: RateSpace | None = None,
     ) -> None:
         if not 0 <= precision <= MONEY_DECIMALS_MAX:
             raise RateError("precision must be between 0 and 6")
@@ -96,7 +278,25 @@ class RateGroup:
         self.precision = precision
         self.rounding = rounding
         self.markup_ppm = markup_ppm
-        self.index: PrefixIndex[Rate] = PrefixIndex()
+        self.space = space if space is not None else RateSpace()
+        self._index = RateIndex(self)
+
+    @property
+    def index(self) -> RateIndex:
+        return self._index
+
+    @index.setter
+    def index(self, index: RateIndex) -> None:
+        """Replace the whole tariff (built apart, off the event loop): the space loses the old
+        rates and gains the new ones in this one call. The old index stays as it was, detached."""
+        assert index.group is None, "an index belongs to one group"
+        old = self._index
+        for prefix in old:
+            self.space.discard(prefix, self)
+        old.group = None
+        index.group = self
+        self.space.put_all(self, dict(index.items()))
+        self._index = index
 
     @property
     def precision(self) -> int:
@@ -160,10 +360,26 @@ class RateGroup:
         return (magnitude if numerator >= 0 else -magnitude) * step
 
     def priced(self, rate: Rate) -> PricedRate:
+        held = self.space.value(rate.prefix, self)
+        if held is rate or (isinstance(held, PricedRate) and held.rate is rate):
+            return self.entry_of(held)
         entry = self._priced.get(rate.prefix)
         if entry is not None and entry.rate is rate:
             return entry
-        return self._price(rate)
+        return self._cached(self._price(rate))
+
+    def entry_of(self, held: Rate | PricedRate) -> PricedRate:
+        """What the space holds for this group at a prefix, priced under the current pricing
+        (and kept there priced)."""
+        if isinstance(held, PricedRate):
+            if held.generation == self._generation:
+                return held
+            rate = held.rate
+        else:
+            rate = held
+        entry = self._price(rate)
+        self.space.put(rate.prefix, self, entry)
+        return entry
 
     def _price(self, rate: Rate) -> PricedRate:
         connect = rate.connect_fee_micros * CHARGE_DENOMINATOR
@@ -177,14 +393,27 @@ class RateGroup:
             hold = self._rounded(numerator)
         # cost_micros(rate, 1): the connect fee alone inside free seconds, else the first increment.
         one_second = self._rounded(connect) if rate.free_seconds >= 1 else hold
-        entry = PricedRate(rate, self._generation, hold, factor, connect, one_second)
+        return PricedRate(
+            rate,
+            self._generation,
+            hold,
+            factor,
+            connect,
+            one_second,
+            rate.prefix,
+            rate.free_seconds,
+            rate.first_increment_seconds,
+            rate.next_increment_seconds,
+        )
+
+    def _cached(self, entry: PricedRate) -> PricedRate:
         cache = self._priced
-        if len(cache) >= max(PRICED_MAX, len(self.index)):
+        if len(cache) >= PRICED_MAX:
             # The oldest priced first, a slice at a time: freeing the whole cache in one call
             # stalls that call for tens of milliseconds.
             for prefix in list(islice(cache, PRICED_EVICTED)):
                 del cache[prefix]
-        cache[rate.prefix] = entry
+        cache[entry.prefix] = entry
         return entry
 
     def cost_micros(self, rate: Rate, duration_seconds: int) -> int:
@@ -202,15 +431,14 @@ class RateGroup:
             return 0, 0
         if entry.generation != self._generation:
             entry = self.priced(entry.rate)  # the group's pricing changed since
-        rate = entry.rate
         # billable_seconds, inlined.
-        rest = duration_seconds - rate.free_seconds
+        rest = duration_seconds - entry.free_seconds
         if rest <= 0:
             return entry.one_second_micros, 0  # the connect fee alone
-        billable = rate.first_increment_seconds
+        billable = entry.first_increment_seconds
         if rest <= billable:
             return entry.hold_micros, billable
-        increment = rate.next_increment_seconds
+        increment = entry.next_increment_seconds
         billable += -((billable - rest) // increment) * increment
         numerator = entry.connect + entry.factor * billable
         step = self._step
@@ -259,9 +487,12 @@ class RateGroup:
         """`(priced(rate), max_seconds(rate, available_micros))` in one pass: what the engine
         needs of every level of an authorization. When the first increment (`hold_micros`) costs
         more than is available the call is refused, and max_seconds is 0 rather than computed."""
-        entry = self._priced.get(rate.prefix)
-        if entry is None or entry.rate is not rate:
-            entry = self._price(rate)
+        return self.quote_entry(self.priced(rate), available_micros)
+
+    def quote_entry(
+        self, entry: PricedRate, available_micros: int
+    ) -> tuple[PricedRate, int | None]:
+        """`quote` of a rate priced by this group under its current pricing (RateSpace.match)."""
         # max_seconds, inlined; a hold at most what is available means it is not negative.
         if entry.hold_micros > available_micros or entry.one_second_micros > available_micros:
             return entry, 0
@@ -278,11 +509,11 @@ class RateGroup:
             quantum = self._scaled
             numerator_max = (2 * quantum * (available_micros // step) + quantum - 1) // 2
         billable_max = (numerator_max - entry.connect) // factor
-        first = rate.first_increment_seconds
+        first = entry.first_increment_seconds
         if billable_max < first:
-            return entry, rate.free_seconds
-        increment = rate.next_increment_seconds
-        return entry, rate.free_seconds + first + (billable_max - first) // increment * increment
+            return entry, entry.free_seconds
+        increment = entry.next_increment_seconds
+        return entry, entry.free_seconds + first + (billable_max - first) // increment * increment
 
     def per_second_factor(self, rate: Rate) -> int:
         """Price of one second as a numerator over 60 * PPM micro-units (burn rate)."""

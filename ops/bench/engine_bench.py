@@ -28,7 +28,7 @@ from ccserver import compiled
 from ccserver.actors.account import Account, AccountKind
 from ccserver.actors.engine import Engine
 from ccserver.actors.messages import AccountingRequest, CallRequest, Pap, Reject
-from ccserver.rating.tariff import Rate, RateGroup
+from ccserver.rating.tariff import Rate, RateGroup, RateSpace
 from ccserver.server import (
     HOLD_RELEASE_SLACK_SECONDS,
     YOUNG_COLLECTION_PERIOD_SECONDS,
@@ -72,14 +72,15 @@ def make_prefixes(rng: random.Random, count: int) -> list[int]:
 
 
 def build_rate_groups(
-    rng: random.Random, prefixes: list[int], base_prices: list[int], depth: int
+    rng: random.Random, prefixes: list[int], base_prices: list[int], depth: int, space: RateSpace
 ) -> list[RateGroup]:
-    """groups[0] prices customers, groups[depth - 1] the top resellers. Each level down the
-    chain adds 10% (its reseller's margin): prices stay within 0.005-0.2 per minute."""
+    """groups[0] prices customers, groups[depth - 1] the top resellers, all in the engine's
+    space (as the server loads them). Each level down the chain adds 10% (its reseller's
+    margin): prices stay within 0.005-0.2 per minute."""
     destinations = [f"Destination {n}" for n in range(500)]
     groups = []
     for level in range(depth):
-        group = RateGroup(level + 1, f"level-{level}")
+        group = RateGroup(level + 1, f"level-{level}", space=space)
         tenths = 10 + depth - 1 - level
         for prefix, price_micros in zip(prefixes, base_prices, strict=True):
             first, step = rng.choice(INCREMENTS)
@@ -273,7 +274,7 @@ def main() -> None:
     engine = Engine(clock=lambda: clock[0])
     rss_before = rss_bytes()
     began = time.perf_counter()
-    groups = build_rate_groups(rng, prefixes, base_prices, args.depth)
+    groups = build_rate_groups(rng, prefixes, base_prices, args.depth, engine.rate_space)
     groups_seconds = time.perf_counter() - began
     rss_groups = rss_bytes()
     began = time.perf_counter()
