@@ -4,6 +4,8 @@ of a chain with its own group's rate from it."""
 
 from __future__ import annotations
 
+import gc
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -167,3 +169,17 @@ def test_a_personal_rate_beats_the_shared_walk_and_a_group_alone_is_walked_alone
     assert isinstance(grant, Grant)
     assert [level.prefix for level in grant.levels] == ["4420", "44207", "4420"]
     assert grant.levels[0].hold_micros == 3_500  # the personal 0.007/min, 30 s first increment
+
+
+def test_the_space_leaves_its_tables_to_reference_counting() -> None:
+    """A space holds a tuple per prefix, and pricing replaces it: none of them may stay for the
+    cycle collector to walk (a 1,000,000-prefix tariff would make every full collection walk
+    1,000,000 more objects)."""
+    space = RateSpace()
+    groups = [RateGroup(n, f"g{n}", space=space) for n in range(2)]
+    for group in groups:
+        group.put(_rate("44", 1_000))
+    for group in groups:
+        assert space.find("4420", group) is not None  # priced: a new tuple
+    gc.collect()
+    assert not gc.is_tracked(space._nodes["44"])

@@ -96,9 +96,11 @@ class RateSpace:
     of one operator mostly share their prefixes (a reseller's tariff is its parent's destinations
     at its own prices). A longest-prefix walk is mostly misses in a large table, longest length
     first; walked once for the whole chain (`match`), those probes are paid once, not at every
-    level. Each prefix holds a tuple of (group, rate) pairs, one per group with a rate there
-    (scanned by identity: a handful in practice). A rate is replaced by its PricedRate the first
-    time it is priced, so a tariff loaded whole is not priced before it is used.
+    level. Each prefix holds a tuple of (group key, rate) pairs, one per group with a rate there
+    (scanned by identity: a handful in practice). A group's key is a plain `object()`, not the
+    group: a tuple of untracked objects leaves the cycle collector's care at its first young
+    collection, and a space holds one tuple per prefix. A rate is replaced by its PricedRate the
+    first time it is priced, so a tariff loaded whole is not priced before it is used.
 
     The engine's groups share the engine's space; a group made alone has a space of its own.
     """
@@ -127,33 +129,35 @@ class RateSpace:
 
     def put(self, prefix: str, group: RateGroup, value: Rate | PricedRate) -> None:
         nodes = self._nodes
+        key = group.key
         node = nodes.get(prefix)
         if node is None:
-            nodes[prefix] = (group, value)
+            nodes[prefix] = (key, value)
             self._counted(prefix, 1)
             return
         for i in range(0, len(node), 2):
-            if node[i] is group:
+            if node[i] is key:
                 nodes[prefix] = (*node[: i + 1], value, *node[i + 2 :])
                 return
-        nodes[prefix] = (*node, group, value)
+        nodes[prefix] = (*node, key, value)
 
     def put_all(self, group: RateGroup, rates: dict[str, Rate]) -> None:
         """`put` of many rates of one group (a tariff loaded whole)."""
         nodes = self._nodes
+        key = group.key
         added = 0
         for prefix, rate in rates.items():
             node = nodes.get(prefix)
             if node is None:
-                nodes[prefix] = (group, rate)
+                nodes[prefix] = (key, rate)
                 added += 1
                 continue
             for i in range(0, len(node), 2):
-                if node[i] is group:
+                if node[i] is key:
                     nodes[prefix] = (*node[: i + 1], rate, *node[i + 2 :])
                     break
             else:
-                nodes[prefix] = (*node, group, rate)
+                nodes[prefix] = (*node, key, rate)
         if added:
             self._lengths_count = dict(Counter(map(len, nodes)))
             self._lengths = tuple(sorted(self._lengths_count, reverse=True))
@@ -163,8 +167,9 @@ class RateSpace:
         node = nodes.get(prefix)
         if node is None:
             return
+        key = group.key
         for i in range(0, len(node), 2):
-            if node[i] is group:
+            if node[i] is key:
                 rest = (*node[:i], *node[i + 2 :])
                 if rest:
                     nodes[prefix] = rest
@@ -177,21 +182,23 @@ class RateSpace:
         """What the space holds for `group` at `prefix` exactly: its rate, or the rate priced."""
         node = self._nodes.get(prefix)
         if node is not None:
+            key = group.key
             for i in range(0, len(node), 2):
-                if node[i] is group:
+                if node[i] is key:
                     return cast("Rate | PricedRate", node[i + 1])
         return None
 
     def find(self, number: str, group: RateGroup) -> PricedRate | None:
         """The longest-prefix rate of `group` for `number`, priced by it."""
         nodes = self._nodes
+        key = group.key
         size = len(number)
         for length in self._lengths:
             if length <= size:
                 node = nodes.get(number[:length])
                 if node is not None:
                     for i in range(0, len(node), 2):
-                        if node[i] is group:
+                        if node[i] is key:
                             return group.entry_of(cast("Rate | PricedRate", node[i + 1]))
         return None
 
@@ -219,8 +226,9 @@ class RateSpace:
                 group = groups[n]
                 if group is None or found[n] is not None:
                     continue
+                key = group.key
                 for i in range(0, width, 2):
-                    if node[i] is group:
+                    if node[i] is key:
                         found[n] = group.entry_of(cast("Rate | PricedRate", node[i + 1]))
                         wanted -= 1
                         break
@@ -252,6 +260,7 @@ class RateGroup:
         "_scaled",
         "_step",
         "id",
+        "key",
         "name",
         "owner_id",
         "space",
@@ -279,6 +288,7 @@ class RateGroup:
         self.rounding = rounding
         self.markup_ppm = markup_ppm
         self.space = space if space is not None else RateSpace()
+        self.key = object()  # what marks this group's rates in the space
         self._index = RateIndex(self)
 
     @property
