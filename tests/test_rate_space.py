@@ -182,4 +182,4 @@ def test_the_space_leaves_its_tables_to_reference_counting() -> None:
     for group in groups:
         assert space.find("4420", group) is not None  # priced: a new tuple
     gc.collect()
-    assert not gc.is_tracked(space._nodes["44"])
+    assert not gc.is_tracked(space.get("44"))

@@ -60,9 +60,12 @@ class PrefixIndex(Generic[V]):
         of the lengths. The prefixes must be digit strings; the caller has checked them."""
         if not values:
             return
-        by_prefix = self._by_prefix
-        by_prefix.update(values)
-        self._lengths_count = dict(Counter(map(len, by_prefix)))
+        self._by_prefix.update(values)
+        self._recount()
+
+    def _recount(self) -> None:
+        """Count the lengths present afresh (after entries were added to `_by_prefix` directly)."""
+        self._lengths_count = dict(Counter(map(len, self._by_prefix)))
         self._lengths = tuple(sorted(self._lengths_count, reverse=True))
 
     def remove(self, prefix: str) -> bool:

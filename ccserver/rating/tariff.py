@@ -8,7 +8,7 @@ of integers and rounded once at the rate group's precision in its rounding direc
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable
 from itertools import islice
 from typing import cast
 
@@ -66,30 +66,49 @@ class RateIndex(PrefixIndex[Rate]):
         super().put(prefix, value)
         group = self.group
         if group is not None:
-            group.space.put(prefix, group, value)
+            group.space.put_rate(prefix, group, value)
 
     def update(self, values: dict[str, Rate]) -> None:
         super().update(values)
         group = self.group
         if group is not None:
-            group.space.put_all(group, values)
+            group.space.put_rates(group, values.items())
 
     def remove(self, prefix: str) -> bool:
         removed = super().remove(prefix)
         group = self.group
         if removed and group is not None:
-            group.space.discard(prefix, group)
+            group.space.discard_rate(prefix, group)
         return removed
 
     def clear(self) -> None:
         group = self.group
         if group is not None:
             for prefix in self:
-                group.space.discard(prefix, group)
+                group.space.discard_rate(prefix, group)
         super().clear()
 
 
-class RateSpace:
+def _slot(node: tuple[object, ...] | None, key: object) -> int:
+    """Where the pair of the group marked `key` starts in a node of a RateSpace, or -1."""
+    if node is not None:
+        for i in range(0, len(node), 2):
+            if node[i] is key:
+                return i
+    return -1
+
+
+def _with_pair(node: tuple[object, ...] | None, key: object, value: object) -> tuple[object, ...]:
+    """`node` with the pair of `key` set to `value` (replaced, or added)."""
+    if node is None:
+        return (key, value)
+    i = _slot(node, key)
+    if i < 0:
+        return (*node, key, value)
+    return (*node[: i + 1], value, *node[i + 2 :])
+
+
+class RateSpace(PrefixIndex[tuple[object, ...]]):
     """The rates of several rate groups by prefix, so that one walk finds the rate of each.
 
     A call is rated at every level of its chain, each level with its own group, and the groups
@@ -103,104 +122,47 @@ class RateSpace:
     first time it is priced, so a tariff loaded whole is not priced before it is used.
 
     The engine's groups share the engine's space; a group made alone has a space of its own.
+    The space is a PrefixIndex of those tuples, which keeps the lengths present.
     """
 
-    __slots__ = ("_lengths", "_lengths_count", "_nodes")
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._nodes: dict[str, tuple[object, ...]] = {}
-        self._lengths: tuple[int, ...] = ()  # lengths of the prefixes present, longest first
-        self._lengths_count: dict[int, int] = {}
+    def put_rate(self, prefix: str, group: RateGroup, value: Rate | PricedRate) -> None:
+        self.put(prefix, _with_pair(self.get(prefix), group.key, value))
 
-    def __len__(self) -> int:
-        """How many distinct prefixes (of any group)."""
-        return len(self._nodes)
+    def put_rates(self, group: RateGroup, rates: Iterable[tuple[str, Rate]]) -> None:
+        """`put_rate` of many rates of one group (a tariff loaded whole), the lengths present
+        counted once at the end."""
+        by_prefix = self._by_prefix
+        key = group.key
+        for prefix, rate in rates:
+            by_prefix[prefix] = _with_pair(by_prefix.get(prefix), key, rate)
+        self._recount()
 
-    def _counted(self, prefix: str, delta: int) -> None:
-        length = len(prefix)
-        counts = self._lengths_count
-        count = counts.get(length, 0) + delta
-        if count:
-            counts[length] = count
+    def discard_rate(self, prefix: str, group: RateGroup) -> None:
+        node = self.get(prefix)
+        i = _slot(node, group.key)
+        if node is None or i < 0:
+            return
+        rest = (*node[:i], *node[i + 2 :])
+        if rest:
+            self.put(prefix, rest)
         else:
-            del counts[length]
-        if count == 0 or (delta > 0 and count == delta):
-            self._lengths = tuple(sorted(counts, reverse=True))
-
-    def put(self, prefix: str, group: RateGroup, value: Rate | PricedRate) -> None:
-        nodes = self._nodes
-        key = group.key
-        node = nodes.get(prefix)
-        if node is None:
-            nodes[prefix] = (key, value)
-            self._counted(prefix, 1)
-            return
-        for i in range(0, len(node), 2):
-            if node[i] is key:
-                nodes[prefix] = (*node[: i + 1], value, *node[i + 2 :])
-                return
-        nodes[prefix] = (*node, key, value)
-
-    def put_all(self, group: RateGroup, rates: dict[str, Rate]) -> None:
-        """`put` of many rates of one group (a tariff loaded whole)."""
-        nodes = self._nodes
-        key = group.key
-        added = 0
-        for prefix, rate in rates.items():
-            node = nodes.get(prefix)
-            if node is None:
-                nodes[prefix] = (key, rate)
-                added += 1
-                continue
-            for i in range(0, len(node), 2):
-                if node[i] is key:
-                    nodes[prefix] = (*node[: i + 1], rate, *node[i + 2 :])
-                    break
-            else:
-                nodes[prefix] = (*node, key, rate)
-        if added:
-            self._lengths_count = dict(Counter(map(len, nodes)))
-            self._lengths = tuple(sorted(self._lengths_count, reverse=True))
-
-    def discard(self, prefix: str, group: RateGroup) -> None:
-        nodes = self._nodes
-        node = nodes.get(prefix)
-        if node is None:
-            return
-        key = group.key
-        for i in range(0, len(node), 2):
-            if node[i] is key:
-                rest = (*node[:i], *node[i + 2 :])
-                if rest:
-                    nodes[prefix] = rest
-                else:
-                    del nodes[prefix]
-                    self._counted(prefix, -1)
-                return
+            self.remove(prefix)
 
     def value(self, prefix: str, group: RateGroup) -> Rate | PricedRate | None:
         """What the space holds for `group` at `prefix` exactly: its rate, or the rate priced."""
-        node = self._nodes.get(prefix)
-        if node is not None:
-            key = group.key
-            for i in range(0, len(node), 2):
-                if node[i] is key:
-                    return cast("Rate | PricedRate", node[i + 1])
-        return None
+        node = self.get(prefix)
+        i = _slot(node, group.key)
+        if node is None or i < 0:
+            return None
+        return cast("Rate | PricedRate", node[i + 1])
 
     def find(self, number: str, group: RateGroup) -> PricedRate | None:
         """The longest-prefix rate of `group` for `number`, priced by it."""
-        nodes = self._nodes
-        key = group.key
-        size = len(number)
-        for length in self._lengths:
-            if length <= size:
-                node = nodes.get(number[:length])
-                if node is not None:
-                    for i in range(0, len(node), 2):
-                        if node[i] is key:
-                            return group.entry_of(cast("Rate | PricedRate", node[i + 1]))
-        return None
+        found: list[PricedRate | None] = [None]
+        self.match(number, [group], found, 1)
+        return found[0]
 
     def match(
         self,
@@ -212,26 +174,23 @@ class RateSpace:
         """`found[n] = find(number, groups[n])` for every n where groups[n] is a group of this
         space (`wanted` of them), in one walk; found[n] is left as it is where groups[n] is
         None."""
-        nodes = self._nodes
+        by_prefix = self._by_prefix
         size = len(number)
         count = len(groups)
         for length in self._lengths:
             if length > size:
                 continue
-            node = nodes.get(number[:length])
+            node = by_prefix.get(number[:length])
             if node is None:
                 continue
-            width = len(node)
             for n in range(count):
                 group = groups[n]
                 if group is None or found[n] is not None:
                     continue
-                key = group.key
-                for i in range(0, width, 2):
-                    if node[i] is key:
-                        found[n] = group.entry_of(cast("Rate | PricedRate", node[i + 1]))
-                        wanted -= 1
-                        break
+                i = _slot(node, group.key)
+                if i >= 0:
+                    found[n] = group.entry_of(cast("Rate | PricedRate", node[i + 1]))
+                    wanted -= 1
             if not wanted:
                 return
 
@@ -302,10 +261,10 @@ class RateGroup:
         assert index.group is None, "an index belongs to one group"
         old = self._index
         for prefix in old:
-            self.space.discard(prefix, self)
+            self.space.discard_rate(prefix, self)
         old.group = None
         index.group = self
-        self.space.put_all(self, dict(index.items()))
+        self.space.put_rates(self, index.items())
         self._index = index
 
     @property
@@ -388,7 +347,7 @@ class RateGroup:
         else:
             rate = held
         entry = self._price(rate)
-        self.space.put(rate.prefix, self, entry)
+        self.space.put_rate(rate.prefix, self, entry)
         return entry
 
     def _price(self, rate: Rate) -> PricedRate:
