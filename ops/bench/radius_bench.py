@@ -34,8 +34,9 @@ due by the phases before it or by the setup is not done by autovacuum during the
 server that phase measures; autovacuum that a phase's own load makes due still runs in it, and is
 named under the phase.
 
-A benchmark prints; it asserts nothing. The machine is whatever it is: the load average and the
-CPU used by each process in each phase are printed next to the figures, and, before the servers
+A benchmark prints; it asserts nothing. The machine is whatever it is: the load average, the
+CPU used by each process and the share of the host's CPU time that was idle, waiting for I/O or
+stolen by the hypervisor in each phase are printed next to the figures, and, before the servers
 start and after the phases, --disk-seconds of 8 KiB writes each followed by fdatasync on the file
 system of the Postgres data: the floor of a durable commit's latency, and its stalls.
 """
@@ -258,6 +259,16 @@ def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
     from before the first reading: that part is taken out."""
     used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
     return used - sum(t for pid, t in before.items() if pid not in after)
+
+
+def host_shares(before: Any, after: Any) -> dict[str, float]:
+    """What every CPU of the host did between two psutil.cpu_times() readings, in percent of
+    their time: idle, waiting for I/O, and stolen (a virtual CPU that was ready to run while
+    the hypervisor ran something else: time no process here was given)."""
+    spent = {name: getattr(after, name) - getattr(before, name) for name in after._fields}
+    total = sum(spent.values()) or 1.0
+    shown = ("idle", "iowait", "steal")
+    return {name: round(100 * spent.get(name, 0.0) / total, 1) for name in shown}
 
 
 def main_thread_cpu(pid: int | None) -> float:
@@ -670,6 +681,7 @@ class Bench:
         log_offset = self.autovacuum_log_size()
         metrics_before = scrape(target.metrics)
         main_before = main_thread_cpu(target.pid)
+        host_before = psutil.cpu_times()
         started = time.perf_counter()
         stderr_log = self.dir / "loadgen.log"
         with stderr_log.open("ab") as err:
@@ -703,6 +715,7 @@ class Bench:
         wall = time.perf_counter() - started
         metrics_after = scrape(target.metrics)
         main_after = main_thread_cpu(target.pid)
+        host = host_shares(host_before, psutil.cpu_times())
         after = {
             "server": cpu_by_pid(tree(target.pid)),
             "postgres": cpu_by_pid(tree(self.postmaster_pid)),
@@ -716,6 +729,7 @@ class Bench:
             used = cpu_since(before[name], after[name])
             result[f"{name}_cpu_percent"] = round(100 * used / wall, 1)
         result["server_main_thread_cpu_percent"] = round(100 * (main_after - main_before) / wall, 1)
+        result["host_cpu_percent"] = host
         return result
 
     def phase(
@@ -746,6 +760,7 @@ class Bench:
         socket_p99 = result["kernel_latency_ms"].get("p99")
         at = f"at {rate:,.0f}/s offered" if rate else f"closed loop, window {window}"
         main = result["server_main_thread_cpu_percent"]
+        host = result["host_cpu_percent"]
         print(
             f"  {target.name:<17} {label[mode]:<22} {at:<26} {result['units_per_s']:>7,.0f}/s  "
             f"p50 {ms(latency.get('p50'))} ms  p99 {ms(latency.get('p99'))} ms  "
@@ -759,6 +774,8 @@ class Bench:
             + (f" (main thread {main:.0f}%)" if target.name == "ccserver" else "")
             + f", postgres {result['postgres_cpu_percent']:.0f}%, "
             f"load generator {result['cpu_percent']:.0f}%; load average {load};"
+            f" host CPUs idle {host['idle']:.0f}%, iowait {host['iowait']:.0f}%,"
+            f" stolen {host['steal']:.1f}%;"
             f" VACUUM (ANALYZE) before it {settled:.2f} s"
         )
         if result["first_reject"]:
