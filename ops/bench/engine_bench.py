@@ -23,6 +23,7 @@ from array import array
 from typing import TypeAlias
 
 import psutil  # type: ignore[import-untyped]
+from host_cpu import host_shares, host_times
 
 from ccserver import compiled
 from ccserver.actors.account import Account, AccountKind
@@ -304,9 +305,12 @@ def main() -> None:
     freeze_start_up_heap()
     profiler = cProfile.Profile()
     rounds = []
+    stolen = []  # the host's CPU time stolen by the hypervisor in each round, in percent
     with profiler if args.profile else contextlib.nullcontext():
         for round_number in range(args.rounds):
+            host_before = host_times()
             rounds.append(run_calls(engine, clock, plan, args.concurrent, round_number))
+            stolen.append(host_shares(host_before, host_times())["steal"])
     if args.profile:
         print("profile of the call loop (the figures below include the profiler's overhead):")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
@@ -322,7 +326,8 @@ def main() -> None:
         f"engine: cycles/s = {args.cycles / wall:,.0f}  (target >= {TARGET_CYCLES_PER_SECOND:,})"
         f"  [quickest of {args.rounds} rounds of {args.cycles:,} full cycles, {wall:.2f} s wall;"
         f" {args.cycles / (engine_ns / 1e9):,.0f}/s counting engine calls only;"
-        f" every round: {listed}]"
+        f" every round: {listed}; host CPU time stolen in each:"
+        f" {', '.join(f'{share:.1f}%' for share in stolen)}]"
     )
     # Latencies and counts over every round.
     times = {name: array("q") for name in quickest_times}

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import trio
+from host_cpu import host_shares, host_times
 
 from ccserver.actors.messages import Transfer
 from ccserver.ledger.bridge import Bridge
@@ -70,6 +71,7 @@ async def bench_throughput(bridge: Bridge, accounts: list[int], writes: int) -> 
             next_n += 1
             await writer.write(LedgerWrite(transfers=transfers_for(n, accounts)))
 
+    host_before = host_times()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run)
         started = time.perf_counter()
@@ -82,6 +84,7 @@ async def bench_throughput(bridge: Bridge, accounts: list[int], writes: int) -> 
     print(
         f"group commit: {writes * 2:,} transfers in {elapsed:.2f} s = {rate:,.0f} transfers/s "
         f"in {writer.committed_batches} commits (target >= 20,000/s)"
+        f"; host CPU time stolen {host_shares(host_before, host_times())['steal']:.1f}%"
     )
     return rate
 
@@ -138,6 +141,7 @@ async def bench_latency(
         if error is not None:
             refused.append(error)
 
+    host_before = host_times()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run)
         # Open loop: every millisecond, queue each write that has come due (a timer per write
@@ -156,6 +160,7 @@ async def bench_latency(
         f"open loop at {rate:,.0f} transfers/s ({what}) for {seconds:.0f} s: commit latency "
         f"p50 = {percentile(latencies, 0.5) * 1000:.1f} ms, "
         f"p99 = {percentile(latencies, 0.99) * 1000:.1f} ms (target p99 <= 20 ms)"
+        f"; host CPU time stolen {host_shares(host_before, host_times())['steal']:.1f}%"
         + (f"; {len(refused)} writes refused, first: {refused[0]!r}" if refused else "")
     )
 

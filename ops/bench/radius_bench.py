@@ -63,6 +63,7 @@ from typing import Any
 
 import httpx
 import psutil  # type: ignore[import-untyped]
+from host_cpu import host_shares, host_times
 
 from ccserver.ledger.embedded import EmbeddedPostgres
 from ccserver.observability import COMMIT_STAGES
@@ -259,16 +260,6 @@ def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
     from before the first reading: that part is taken out."""
     used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
     return used - sum(t for pid, t in before.items() if pid not in after)
-
-
-def host_shares(before: Any, after: Any) -> dict[str, float]:
-    """What every CPU of the host did between two psutil.cpu_times() readings, in percent of
-    their time: idle, waiting for I/O, and stolen (a virtual CPU that was ready to run while
-    the hypervisor ran something else: time no process here was given)."""
-    spent = {name: getattr(after, name) - getattr(before, name) for name in after._fields}
-    total = sum(spent.values()) or 1.0
-    shown = ("idle", "iowait", "steal")
-    return {name: round(100 * spent.get(name, 0.0) / total, 1) for name in shown}
 
 
 def main_thread_cpu(pid: int | None) -> float:
@@ -681,7 +672,7 @@ class Bench:
         log_offset = self.autovacuum_log_size()
         metrics_before = scrape(target.metrics)
         main_before = main_thread_cpu(target.pid)
-        host_before = psutil.cpu_times()
+        host_before = host_times()
         started = time.perf_counter()
         stderr_log = self.dir / "loadgen.log"
         with stderr_log.open("ab") as err:
@@ -715,7 +706,7 @@ class Bench:
         wall = time.perf_counter() - started
         metrics_after = scrape(target.metrics)
         main_after = main_thread_cpu(target.pid)
-        host = host_shares(host_before, psutil.cpu_times())
+        host = host_shares(host_before, host_times())
         after = {
             "server": cpu_by_pid(tree(target.pid)),
             "postgres": cpu_by_pid(tree(self.postmaster_pid)),
