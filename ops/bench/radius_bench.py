@@ -1,6 +1,6 @@
 """RADIUS benchmark: ccserver against FreeRADIUS 3.2 references, on this machine, in one run.
 
-    .venv/bin/python ops/bench/radius_bench.py [--seconds 10] [--parallelism 64]
+    .venv/bin/python ops/bench/radius_bench.py [--seconds 8] [--rounds 2] [--parallelism 64]
         [--wide-parallelism 256] [--sockets 4] [--customers 1000] [--skip-freeradius] [--py-spy]
 
 What runs, all on 127.0.0.1 and under one temporary directory:
@@ -260,6 +260,16 @@ def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
     from before the first reading: that part is taken out."""
     used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
     return used - sum(t for pid, t in before.items() if pid not in after)
+
+
+def better(result: dict[str, Any], kept: dict[str, Any], *, closed_loop: bool) -> bool:
+    """Whether a round of a phase shows the server better than the round kept: a closed loop by
+    its rate, an offered rate by its p99. What else runs on the host (the hypervisor's other
+    guests: the stolen CPU time printed under each round) only ever makes a round worse."""
+    if closed_loop:
+        return bool(result["units_per_s"] > kept["units_per_s"])
+    p99, kept_p99 = result["latency_ms"].get("p99"), kept["latency_ms"].get("p99")
+    return kept_p99 is None or (p99 is not None and p99 < kept_p99)
 
 
 def main_thread_cpu(pid: int | None) -> float:
@@ -746,7 +756,9 @@ class Bench:
         )
         result["load_average"] = load
         result["parallelism"] = window
-        self.results[key] = result
+        kept = self.results.get(key)
+        if kept is None or better(result, kept, closed_loop=not rate):
+            self.results[key] = result
         latency = result["latency_ms"]
         socket_p99 = result["kernel_latency_ms"].get("p99")
         at = f"at {rate:,.0f}/s offered" if rate else f"closed loop, window {window}"
@@ -854,26 +866,35 @@ class Bench:
         # Authorizations come last: those never followed by a Start leave holds that ccserver
         # releases engine.hold_ttl_seconds later, work that belongs to the authorizations and
         # would otherwise land in the accounting and cycle figures.
-        self.phase("cc_acct", cc, "acct")
-        if sql:
-            self.phase("fr_sql_acct", sql, "acct")
-        self.wide("cc_acct", cc, "acct")
-        if sql:
-            self.wide("fr_sql_acct", sql, "acct")
-        self.half("acct")
-        self.phase("cc_cycle", cc, "cycle")
-        self.wide("cc_cycle", cc, "cycle")
-        self.half("cycle")
+        # Every phase runs --rounds times, the servers compared taking turns, and the half-rate
+        # rounds halve the best maximum of all the rounds before them.
+        rounds = range(args.rounds)
+        for _ in rounds:
+            self.phase("cc_acct", cc, "acct")
+            if sql:
+                self.phase("fr_sql_acct", sql, "acct")
+            self.wide("cc_acct", cc, "acct")
+            if sql:
+                self.wide("fr_sql_acct", sql, "acct")
+        for _ in rounds:
+            self.half("acct")
+        for _ in rounds:
+            self.phase("cc_cycle", cc, "cycle")
+            self.wide("cc_cycle", cc, "cycle")
+        for _ in rounds:
+            self.half("cycle")
         if args.py_spy:
             self.profile("cycle")
-        self.phase("cc_auth", cc, "auth")
-        if files:
-            self.phase("fr_files_auth", files, "auth")
-        if sql:
-            self.phase("fr_sql_auth", sql, "auth")
-        self.half("auth")
-        if files:
-            self.half("auth", files, "fr_files_auth_same")
+        for _ in rounds:
+            self.phase("cc_auth", cc, "auth")
+            if files:
+                self.phase("fr_files_auth", files, "auth")
+            if sql:
+                self.phase("fr_sql_auth", sql, "auth")
+        for _ in rounds:
+            self.half("auth")
+            if files:
+                self.half("auth", files, "fr_files_auth_same")
         if args.py_spy:
             self.profile("auth")
         if args.disk_seconds > 0:
@@ -928,7 +949,7 @@ class Bench:
         print()
         print(
             f"{'':<41}{'window':>7}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99 ms @half':>14}"
-            f"{'lost':>7}{'server CPU':>12}{'pg CPU':>8}"
+            f"{'lost':>7}{'server CPU':>12}{'pg CPU':>8}{'stolen':>8}"
         )
         for title, base, half in rows:
             for key in (base, f"{base}_wide"):
@@ -941,13 +962,15 @@ class Bench:
                     f"{title:<41}{window(key):>7}{x['units_per_s']:>9,.0f}{ms(p(key, 'p50')):>9}"
                     f"{ms(p(key, 'p99')):>9}{ms(p(halved, 'p99')) if halved else '':>14}"
                     f"{x['timeouts']:>7}{x['server_cpu_percent']:>11.0f}%"
-                    f"{x['postgres_cpu_percent']:>7.0f}%"
+                    f"{x['postgres_cpu_percent']:>7.0f}%{x['host_cpu_percent']['steal']:>7.1f}%"
                 )
         print(
             "(window: requests outstanding; p50/p99: per request, send to answer; an accounting"
             " pair and a cycle are 2 and 3 requests, each sent when the previous is answered."
             " Accounting answers come after the commit. FreeRADIUS files' p99 @half is at"
-            " the rate offered to ccserver in its half-rate phase.)"
+            " the rate offered to ccserver in its half-rate phase. Each figure is the best of"
+            f" {self.args.rounds} runs: the highest rate of the closed loops, the lowest p99 at"
+            " half rate. stolen: the host's CPU time the hypervisor took in that run.)"
         )
         auth_files = ratio(rate("cc_auth"), rate("fr_files_auth"))
         auth_sql = ratio(rate("cc_auth"), rate("fr_sql_auth"))
@@ -1099,7 +1122,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per phase")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per phase")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="runs of every phase; the table keeps the best of them (every run is printed)",
+    )
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     parser.add_argument("--parallelism", type=int, default=64, help="outstanding requests")
     parser.add_argument(
@@ -1119,8 +1148,8 @@ def main() -> None:
     parser.add_argument("--profile-dir", help="keep the py-spy raw output here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    if args.customers < 1 or args.parallelism < 1 or args.sockets < 1:
-        parser.error("--customers, --parallelism and --sockets must be positive")
+    if args.customers < 1 or args.parallelism < 1 or args.sockets < 1 or args.rounds < 1:
+        parser.error("--customers, --parallelism, --sockets and --rounds must be positive")
     if args.wide_parallelism < 0:
         parser.error("--wide-parallelism must be 0 (none) or positive")
     most = PER_SOCKET_MAX * args.sockets
