@@ -84,8 +84,7 @@ class RateIndex(PrefixIndex[Rate]):
     def clear(self) -> None:
         group = self.group
         if group is not None:
-            for prefix in self:
-                group.space.discard_rate(prefix, group)
+            group.space.discard_rates(group, self)
         super().clear()
 
 
@@ -149,6 +148,11 @@ class RateSpace(PrefixIndex[tuple[object, ...]]):
             self.put(prefix, rest)
         else:
             self.remove(prefix)
+
+    def discard_rates(self, group: RateGroup, prefixes: Iterable[str]) -> None:
+        """`discard_rate` of many prefixes of one group (a tariff cleared or replaced whole)."""
+        for prefix in prefixes:
+            self.discard_rate(prefix, group)
 
     def value(self, prefix: str, group: RateGroup) -> Rate | PricedRate | None:
         """What the space holds for `group` at `prefix` exactly: its rate, or the rate priced."""
@@ -260,8 +264,7 @@ class RateGroup:
         rates and gains the new ones in this one call. The old index stays as it was, detached."""
         assert index.group is None, "an index belongs to one group"
         old = self._index
-        for prefix in old:
-            self.space.discard_rate(prefix, self)
+        self.space.discard_rates(self, old)
         old.group = None
         index.group = self
         self.space.put_rates(self, index.items())
@@ -329,12 +332,14 @@ class RateGroup:
         return (magnitude if numerator >= 0 else -magnitude) * step
 
     def priced(self, rate: Rate) -> PricedRate:
-        held = self.space.value(rate.prefix, self)
-        if held is rate or (isinstance(held, PricedRate) and held.rate is rate):
-            return self.entry_of(held)
+        # The engine gets its tariff rates priced from the space's walk (`entry_of`); what it
+        # prices here are personal rates, kept in the cache: that is looked at first.
         entry = self._priced.get(rate.prefix)
         if entry is not None and entry.rate is rate:
             return entry
+        held = self.space.value(rate.prefix, self)
+        if held is rate or (isinstance(held, PricedRate) and held.rate is rate):
+            return self.entry_of(held)
         return self._cached(self._price(rate))
 
     def entry_of(self, held: Rate | PricedRate) -> PricedRate:
