@@ -17,9 +17,11 @@ What runs, all on 127.0.0.1 and under one temporary directory:
 
 Phases, interleaved so that each ratio compares figures measured back to back: durable
 accounting Start+Stop pairs (ccserver, FreeRADIUS sql, both again at --wide-parallelism, then
-ccserver at half its maximum rate), full call cycles (ccserver at both windows, then at half
-rate), authorizations (ccserver, FreeRADIUS files, FreeRADIUS sql, then ccserver at half rate,
-and FreeRADIUS files at that same offered rate: the p99 this host allows a server in C there).
+ccserver at half its maximum rate and FreeRADIUS sql at half its own: the p99 of a stock
+Postgres-backed accounting server on this host), full call cycles (ccserver at both windows,
+then at half rate), authorizations (ccserver, FreeRADIUS files, FreeRADIUS sql, then ccserver at
+half rate, and FreeRADIUS files at that same offered rate: the p99 this host allows a server in C
+there).
 The durable phases run at two windows because ccserver's maximum there is bound by latency, not
 by CPU: every request waits for its commit, so a window of 64 leaves the machine partly idle
 (about 110% of 200% used); the half-rate phase halves the higher maximum, and each ratio compares
@@ -802,12 +804,13 @@ class Bench:
         found = [self.results[k] for k in (key, f"{key}_wide") if k in self.results]
         return max(found, key=lambda r: r["units_per_s"]) if found else None
 
-    def half(self, mode: str, target: Target | None = None, key: str = "") -> None:
+    def half(self, mode: str, target: Target | None = None, key: str = "", of: str = "") -> None:
         """`target` (ccserver) at half of ccserver's higher maximum of `mode`, at its window. With
-        FreeRADIUS files as the target: the p99 this host leaves a server in C at that rate."""
+        FreeRADIUS files as the target: the p99 this host leaves a server in C at that rate. With
+        `of`, at half of that other maximum instead (FreeRADIUS sql at half its own)."""
         target = target or self.ccserver
         assert target is not None
-        top = self.maximum(f"cc_{mode}")
+        top = self.maximum(of or f"cc_{mode}")
         if top is not None and top["units_per_s"] > 0:
             self.phase(
                 key or f"cc_{mode}_half",
@@ -878,6 +881,8 @@ class Bench:
                 self.wide("fr_sql_acct", sql, "acct")
         for _ in rounds:
             self.half("acct")
+            if sql:
+                self.half("acct", sql, "fr_sql_acct_half", of="fr_sql_acct")
         for _ in rounds:
             self.phase("cc_cycle", cc, "cycle")
             self.wide("cc_cycle", cc, "cycle")
@@ -944,7 +949,7 @@ class Bench:
             ("ccserver full call cycles", "cc_cycle", "cc_cycle_half"),
             ("FreeRADIUS files authorizations", "fr_files_auth", "fr_files_auth_same"),
             ("FreeRADIUS sql authorizations", "fr_sql_auth", None),
-            ("FreeRADIUS sql accounting Start+Stop", "fr_sql_acct", None),
+            ("FreeRADIUS sql accounting Start+Stop", "fr_sql_acct", "fr_sql_acct_half"),
         ]
         print()
         print(
@@ -968,7 +973,8 @@ class Bench:
             "(window: requests outstanding; p50/p99: per request, send to answer; an accounting"
             " pair and a cycle are 2 and 3 requests, each sent when the previous is answered."
             " Accounting answers come after the commit. FreeRADIUS files' p99 @half is at"
-            " the rate offered to ccserver in its half-rate phase. Each figure is the best of"
+            " the rate offered to ccserver in its half-rate phase; FreeRADIUS sql's at half its"
+            " own maximum. Each figure is the best of"
             f" {self.args.rounds} runs: the highest rate of the closed loops, the lowest p99 at"
             " half rate. stolen: the host's CPU time the hypervisor took in that run.)"
         )
@@ -1033,6 +1039,12 @@ class Bench:
             print(
                 f"    (FreeRADIUS files at the auth rate of that phase,"
                 f" {r['fr_files_auth_same']['rate_target']:,.0f}/s: p99 {ms(same)} ms)"
+            )
+        own = p("fr_sql_acct_half", "p99")
+        if own is not None:
+            print(
+                f"    (FreeRADIUS sql accounting at half its own maximum,"
+                f" {r['fr_sql_acct_half']['rate_target']:,.0f}/s: p99 {ms(own)} ms)"
             )
         for when, reference in zip(("before", "after"), self.disk, strict=False):
             print(f"    (the disk under Postgres, {when} the phases: {describe_disk(reference)})")
