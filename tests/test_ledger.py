@@ -70,6 +70,13 @@ async def test_migrations_apply_from_empty_and_rerun_is_a_no_op(
             )
             names = {row["tablename"] for row in tables}
             assert {"accounts", "transfers", "balances", "cdrs", "sessions", "rates"} <= names
+            # The writer's function plans by index and keeps its plans (schemas 4 and 5).
+            config = await bridge.run(
+                lambda c: c.fetchval(
+                    "SELECT proconfig FROM pg_proc WHERE proname = 'ccserver_commit'"
+                )
+            )
+            assert set(config) == {"enable_seqscan=off", "plan_cache_mode=force_generic_plan"}
     finally:
         postgres_server.drop_database(name)
 
