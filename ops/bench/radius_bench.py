@@ -1034,18 +1034,14 @@ class Bench:
             + ", ".join(f"{m} {ms(v)} ms" for m, v in halves.items())
             + f" {verdict(p99_ok)}"
         )
-        same = p("fr_files_auth_same", "p99")
-        if same is not None:
-            print(
-                f"    (FreeRADIUS files at the auth rate of that phase,"
-                f" {r['fr_files_auth_same']['rate_target']:,.0f}/s: p99 {ms(same)} ms)"
-            )
-        own = p("fr_sql_acct_half", "p99")
-        if own is not None:
-            print(
-                f"    (FreeRADIUS sql accounting at half its own maximum,"
-                f" {r['fr_sql_acct_half']['rate_target']:,.0f}/s: p99 {ms(own)} ms)"
-            )
+        references = (
+            ("fr_files_auth_same", "FreeRADIUS files at the auth rate of that phase"),
+            ("fr_sql_acct_half", "FreeRADIUS sql accounting at half its own maximum"),
+        )
+        for key, what in references:
+            reference = p(key, "p99")
+            if reference is not None:
+                print(f"    ({what}, {r[key]['rate_target']:,.0f}/s: p99 {ms(reference)} ms)")
         for when, reference in zip(("before", "after"), self.disk, strict=False):
             print(f"    (the disk under Postgres, {when} the phases: {describe_disk(reference)})")
         print(f"Load average at the end: {load_average()}")
