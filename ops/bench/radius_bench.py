@@ -31,6 +31,9 @@ other phases rather than in them. With --py-spy, one more ccserver run after the
 and one after the authorization phases, under `py-spy record`, and a summary of where ccserver
 spends its time; those runs are not used in the table.
 
+Each phase also prints the WAL flushes Postgres made in it (pg_stat_io, with track_wal_io_timing
+on): flushes a second, KiB written per flush and the mean time of one fdatasync under that load.
+
 Before every phase, every database is vacuumed and analyzed (`Bench.settle`): maintenance left
 due by the phases before it or by the setup is not done by autovacuum during the phase, whichever
 server that phase measures; autovacuum that a phase's own load makes due still runs in it, and is
@@ -428,6 +431,9 @@ class Bench:
         # Every autovacuum run is logged, so that each phase can name those that ran during it
         # (work on the CPUs that the phase did not ask for, whichever server left it).
         self.psql(self.postgres.admin_dsn(), "ALTER SYSTEM SET log_autovacuum_min_duration = 0")
+        # Time every WAL write and flush (pg_stat_io), so that each phase can tell how long a
+        # commit's flush took on this disk under that load (`Bench.wal_flushes`).
+        self.psql(self.postgres.admin_dsn(), "ALTER SYSTEM SET track_wal_io_timing = on")
         self.psql(self.postgres.admin_dsn(), "SELECT pg_reload_conf()")
 
     def settle(self) -> float:
@@ -457,6 +463,17 @@ class Bench:
         """The server's log (its stderr, which the embedded server writes into its data dir)."""
         log = self.postgres.pgdata / "log" if self.postgres is not None else None
         return log if log is not None and log.exists() else None
+
+    def wal_flushes(self) -> tuple[float, float, float]:
+        """Postgres's WAL flushes so far, every backend: (count, milliseconds, bytes written)."""
+        assert self.postgres is not None
+        row = self.psql(
+            self.postgres.admin_dsn(),
+            "SELECT coalesce(sum(fsyncs), 0), coalesce(sum(fsync_time), 0),"
+            " coalesce(sum(write_bytes), 0) FROM pg_stat_io WHERE object = 'wal'",
+        )
+        count, milliseconds, written = row.split("|")
+        return float(count), float(milliseconds), float(written)
 
     def autovacuum_log_size(self) -> int:
         log = self.postgres_log()
@@ -682,6 +699,7 @@ class Bench:
         }
         before = {name: cpu_by_pid(pids) for name, pids in watched.items()}
         log_offset = self.autovacuum_log_size()
+        wal_before = self.wal_flushes()
         metrics_before = scrape(target.metrics)
         main_before = main_thread_cpu(target.pid)
         host_before = host_times()
@@ -716,6 +734,7 @@ class Bench:
                     spy.kill()
                     spy.wait()
         wall = time.perf_counter() - started
+        wal_after = self.wal_flushes()
         metrics_after = scrape(target.metrics)
         main_after = main_thread_cpu(target.pid)
         host = host_shares(host_before, host_times())
@@ -728,6 +747,12 @@ class Bench:
         result: dict[str, Any] = json.loads(out)
         result["server_side"] = server_side(metrics_before, metrics_after)
         result["autovacuum"] = self.autovacuums_since(log_offset)
+        flushes, flush_ms, written = (b - a for a, b in zip(wal_before, wal_after, strict=True))
+        result["wal"] = {
+            "flushes_per_s": round(flushes / wall),
+            "flush_ms_mean": round(flush_ms / flushes, 3) if flushes else None,
+            "kib_per_flush": round(written / 1024 / flushes, 1) if flushes else None,
+        }
         for name in watched:
             used = cpu_since(before[name], after[name])
             result[f"{name}_cpu_percent"] = round(100 * used / wall, 1)
@@ -783,6 +808,13 @@ class Bench:
             f" stolen {host['steal']:.1f}%;"
             f" VACUUM (ANALYZE) before it {settled:.2f} s"
         )
+        wal = result["wal"]
+        if wal["flushes_per_s"]:
+            print(
+                f"    Postgres WAL over the phase: {wal['flushes_per_s']:,} flushes/s"
+                f" of {wal['kib_per_flush']} KiB written, each fdatasync"
+                f" {wal['flush_ms_mean']} ms on average"
+            )
         if result["first_reject"]:
             print(f"    first negative answer: {result['first_reject']}")
         if result["autovacuum"]:
