@@ -46,9 +46,10 @@ LEDGER_BATCH_SIZE = Histogram(
 # for the writer (a free commit slot), `hand_off` the wait for the asyncpg loop to take the batch
 # up (its next iteration, a pooled connection included), `encode` building its parameters there,
 # `statement` the round trip to Postgres (the statement and its COMMIT, until the loop has read
-# the answer), `hand_back` the connection's return to the pool and the wait for trio to resume
-# the writer. The loop runs in trio's thread (ccserver.ledger.bridge): both hand-overs wait for
-# trio to get round to them, behind whatever requests are being handled.
+# the answer), `hand_back` working out from the answer which writes were applied, until their
+# waiters are told (on the loop, in the same turn). The loop runs in trio's thread
+# (ccserver.ledger.bridge): the hand-off waits for trio to get round to it, behind whatever
+# requests are being handled.
 LEDGER_COMMIT_STAGE_SECONDS = Histogram(
     "ccserver_ledger_commit_stage_seconds",
     "Time of each stage of a ledger commit, per batch",

@@ -217,7 +217,9 @@ class _SteppedLoop:
 
         Each iteration: the callbacks ready at its start, then one poll without waiting (the
         stop scheduled first ends `run_forever` after it). Called only from trio tasks, so never
-        while the loop runs already (asyncpg's callbacks do not call back into trio tasks)."""
+        while the loop runs already: what runs on the loop runs inside a trio task and may call
+        trio's synchronous functions (the ledger writer tells its waiters there), but never
+        starts a call of the bridge."""
         loop = self.loop
         # The loop's queue of ready callbacks, read only: asyncio has no public view of it.
         ready = loop._ready  # type: ignore[attr-defined]

@@ -110,8 +110,9 @@ _queued = _Queued()
 LEDGER_QUEUE_DEPTH.set_function(lambda: _queued.count)
 
 
-# Called from the writer's task once a write queued with Writer.enqueue is committed (its
-# outcome) or refused (the error).
+# Called once a write queued with Writer.enqueue is committed (its outcome: on the asyncpg loop,
+# in trio's thread, in the turn that read the COMMIT's answer) or refused (the error: from the
+# writer's task). Synchronous trio calls are fine there; starting a call of the bridge is not.
 OnDone = Callable[["WriteOutcome | None", "BaseException | None"], None]
 
 
@@ -192,10 +193,10 @@ class Writer:
 
     async def enqueue(self, item: LedgerWrite, on_done: OnDone) -> None:
         """Queue `item` and return without waiting for its commit (waiting for room only when
-        the queue is full): `on_done` is called from the writer's task after COMMIT with the
-        outcome, or with the error if the write is refused. It must not block; what it raises
-        is logged. For callers that answer from the commit (RADIUS accounting), with no task of
-        their own per write."""
+        the queue is full): `on_done` is called after COMMIT with the outcome, or with the error
+        if the write is refused (see OnDone). It must not block; what it raises is logged. For
+        callers that answer from the commit (RADIUS accounting), with no task of their own per
+        write."""
         await self._queue(_Waiter(item, on_done))
 
     async def _queue(self, waiter: _Waiter) -> None:
@@ -239,23 +240,55 @@ class Writer:
     async def _commit_batch(
         self, batch: list[_Waiter], in_flight: trio.CapacityLimiter, token: object
     ) -> None:
-        try:
-            await self._commit_with_retry(batch)
-        finally:
-            in_flight.release_on_behalf_of(token)
-        _queued.count -= len(batch)
+        released = False
 
-    async def _commit_with_retry(self, batch: list[_Waiter], batch_id: int = 0) -> None:
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                in_flight.release_on_behalf_of(token)
+                _queued.count -= len(batch)
+
+        try:
+            await self._commit_with_retry(batch, release)
+        finally:
+            release()
+
+    async def _commit_with_retry(
+        self, batch: list[_Waiter], release: Callable[[], None] | None = None, batch_id: int = 0
+    ) -> None:
         # Kept when a batch is split below: an earlier attempt may have committed it.
         batch_id = batch_id or random.getrandbits(62) + 1
         delay = 0.05
+        told = False
+
+        def complete(outcomes: list[bool]) -> None:
+            # Called by `_commit` on the asyncpg loop, in the turn of trio that read Postgres's
+            # answer: the waiters are told (Accounting-Responses sent) and the commit slot freed
+            # then, not one or two turns later when this task and the writer's are resumed,
+            # each behind whatever requests trio is handling.
+            nonlocal told
+            told = True
+            now = time.perf_counter()
+            self.committed_batches += 1
+            LEDGER_BATCH_SIZE.observe(len(batch))
+            stamps.observe(batch[0].arrived, now)
+            for waiter, applied in zip(batch, outcomes, strict=True):
+                waiter.outcome = WriteOutcome(applied)
+                LEDGER_COMMIT_SECONDS.observe(now - waiter.arrived)
+                waiter.finish()
+            if release is not None:
+                release()
+
         while True:
             stamps = _Stamps()
             try:
-                outcomes = await self.bridge.run(
-                    _commit, batch_id, [w.item for w in batch], stamps, reset=False
+                await self.bridge.run(
+                    _commit, batch_id, [w.item for w in batch], stamps, complete, reset=False
                 )
             except Exception as error:
+                if told:
+                    raise  # committed and told: what failed after that is a bug, not a retry
                 if is_transient(error):
                     LEDGER_RETRIES.inc()
                     log.warning("ledger_retry", error=repr(error), batch=len(batch), delay=delay)
@@ -265,21 +298,14 @@ class Writer:
                 if len(batch) > 1:
                     # One bad write must not sink the others: commit them one by one.
                     for waiter in batch:
-                        await self._commit_with_retry([waiter], batch_id)
+                        await self._commit_with_retry([waiter], batch_id=batch_id)
                     return
                 log.error("ledger_write_refused", error=repr(error))
                 batch[0].error = error
                 batch[0].finish()
                 return
-            break
-        now = time.perf_counter()
-        self.committed_batches += 1
-        LEDGER_BATCH_SIZE.observe(len(batch))
-        stamps.observe(batch[0].arrived, now)
-        for waiter, applied in zip(batch, outcomes, strict=True):
-            waiter.outcome = WriteOutcome(applied)
-            LEDGER_COMMIT_SECONDS.observe(now - waiter.arrived)
-            waiter.finish()
+            assert told
+            return
 
 
 # ccserver_commit's parameters after the batch id (as migration 0001 declared them), in order:
@@ -354,9 +380,14 @@ _COMMIT_SQL = "SELECT ccserver_commit($1::bigint, {})".format(
 
 
 async def _commit(
-    connection: Any, batch_id: int, items: Sequence[LedgerWrite], stamps: _Stamps | None = None
+    connection: Any,
+    batch_id: int,
+    items: Sequence[LedgerWrite],
+    stamps: _Stamps | None = None,
+    complete: Callable[[list[bool]], None] | None = None,
 ) -> list[bool]:
-    """Apply a batch in one transaction; return, per item, whether it was applied now.
+    """Apply a batch in one transaction; return, per item, whether it was applied now, after
+    passing the same list to `complete` (called on the asyncpg loop, once COMMIT is answered).
 
     One statement, one round trip: `ccserver_commit` (migration 0002) inserts the transfers
     (ON CONFLICT DO NOTHING), moves the balances, inserts the CDRs, opens and closes sessions,
@@ -428,6 +459,8 @@ async def _commit(
         session_only = not item.transfers and item.cdr is None
         if session_only and (item.open_session is not None or item.close_session is not None):
             applied[index] = True
+    if complete is not None:
+        complete(applied)
     return applied
 
 

@@ -586,7 +586,7 @@ class _Reply:
         self.result: Callable[[bool], str] = _ok
 
     def committed(self, outcome: WriteOutcome | None, error: BaseException | None) -> None:
-        """Writer.enqueue's callback (in the writer's task)."""
+        """Writer.enqueue's callback (on the asyncpg loop, in the turn that read the COMMIT)."""
         self.accounting.remove()
         if error is not None:
             log.error("radius_request_failed", kind="acct", error=repr(error))
