@@ -77,3 +77,41 @@ async def test_concurrent_calls_share_the_pool(database_url: str) -> None:
                 for n in range(40):
                     nursery.start_soon(one, n)
         assert sorted(answers) == list(range(40))
+
+
+async def test_start_sends_the_query_before_returning(database_url: str) -> None:
+    async with Bridge(database_url, inflight_max=1) as bridge:
+        assert await bridge.run(lambda c: c.fetchval("SELECT 1")) == 1  # the pool is up
+        taken_up: list[str] = []
+
+        async def fn(connection: Any) -> int:
+            taken_up.append("query sent")
+            return await connection.fetchval("SELECT 6 * 7")
+
+        call = bridge.start(fn)
+        # No checkpoint yet: the loop took the call up within start().
+        assert taken_up == ["query sent"]
+        with pytest.raises(trio.WouldBlock):
+            bridge.start(fn)  # the one slot is taken, and nothing was started for it
+        assert taken_up == ["query sent"]
+        assert await call.result() == 42
+        assert await bridge.run(fn) == 42  # the slot is back
+
+
+async def test_a_started_call_cancelled_while_awaited_cancels_the_query(
+    database_url: str,
+) -> None:
+    async with Bridge(database_url, pool_max=1, inflight_max=1) as bridge:
+        with trio.fail_after(20):
+            call = bridge.start(lambda c: c.execute("SELECT pg_sleep(30)"))
+            with trio.move_on_after(0.3) as waited:
+                await call.result()
+            assert waited.cancelled_caught
+            # The slot and the only connection are back, nothing left running.
+            running = await bridge.run(
+                lambda c: c.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+                )
+            )
+            assert running == 0

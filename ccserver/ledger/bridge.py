@@ -6,7 +6,9 @@ Postgres socket has data) or its next timer is due, and the task that hands it a
 once. So asyncpg's callbacks run in the thread that runs everything else: a call costs no
 hand-over between threads, and the commit path never waits for the GIL behind the engine.
 `await bridge.run(fn, *args)` runs `fn(connection, *args)` on that loop and returns when it is
-done; cancelling the trio task cancels the asyncpg call. At most `inflight_max` calls are in
+done; cancelling the trio task cancels the asyncpg call. `bridge.start(fn, *args)` does the same
+without waiting: the loop takes the call up before it returns (no checkpoint on the way), and
+`await call.result()` waits for it. At most `inflight_max` calls are in
 flight: the rest wait on a trio semaphore (the bound is the backpressure).
 
 A connection goes back to the pool reset (advisory locks released, LISTENs and settings undone:
@@ -23,7 +25,7 @@ import math
 import selectors
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import trio
@@ -110,7 +112,26 @@ class Bridge:
         `reset=False`: `fn` leaves no session state (locks, LISTEN, SET, cursors) behind, so the
         connection skips the reset round trip on its way back to the pool.
         """
+        try:
+            # A free slot is taken without a checkpoint: the call reaches the loop (and its query
+            # Postgres) now, not after every other task has had a turn. Waiting for the answer
+            # is the checkpoint.
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._slots.acquire()
+        return await self._start_holding_slot(fn, args, reset).result()
 
+    def start(self, fn: Callable[..., Awaitable[T]], *args: Any, reset: bool = True) -> Call[T]:
+        """Start `run`'s work now, from a trio task, without waiting for it: `fn` is taken up by
+        the loop (its first query sent) before this returns, and `await call.result()` (which
+        must follow, from any trio task) waits for the outcome. Raises trio.WouldBlock, having
+        started nothing, when `inflight_max` calls are in flight."""
+        self._slots.acquire_nowait()
+        return self._start_holding_slot(fn, args, reset)
+
+    def _start_holding_slot(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], reset: bool
+    ) -> Call[T]:
         async def on_loop() -> T:
             # Read by the pool's reset hook, which runs in this task's context.
             _SKIP_RESET.set(not reset)
@@ -129,20 +150,15 @@ class Bridge:
                 await pool.release(connection)
             return result
 
-        slots = self._slots
         try:
-            # A free slot is taken without a checkpoint: the call reaches the loop (and its query
-            # Postgres) now, not after every other task has had a turn. Waiting for the answer
-            # is the checkpoint.
-            slots.acquire_nowait()
-        except trio.WouldBlock:
-            await slots.acquire()
-        try:
-            return await self._submit(on_loop)
-        finally:
-            slots.release()
+            return self._start(on_loop, self._slots.release)
+        except BaseException:
+            self._slots.release()
+            raise
 
-    async def _submit(self, make: Callable[[], Awaitable[T]]) -> T:
+    def _start(
+        self, make: Callable[[], Awaitable[T]], finished: Callable[[], None] | None = None
+    ) -> Call[T]:
         loop = self._loop
         assert loop is not None, "bridge is not open"
         done = trio.Event()
@@ -155,17 +171,42 @@ class Bridge:
                 # trio's next scheduling round, without a callback of the loop in between.
                 done.set()
 
-        task = loop.start(wrapped())
+        return Call(loop, loop.start(wrapped()), done, finished)
+
+    async def _submit(self, make: Callable[[], Awaitable[T]]) -> T:
+        return await self._start(make).result()
+
+
+class Call(Generic[T]):
+    """A call of the bridge under way (Bridge.start): `await result()` once, from a trio task."""
+
+    def __init__(
+        self,
+        loop: _SteppedLoop,
+        task: asyncio.Task[T],
+        done: trio.Event,
+        finished: Callable[[], None] | None,
+    ) -> None:
+        self._loop = loop
+        self._task = task
+        self._done = done
+        self._finished = finished
+
+    async def result(self) -> T:
         try:
-            await done.wait()
-        except BaseException:
-            # Cancelled on the trio side: cancel the asyncpg call too, and wait for it to stop
-            # so that its connection goes back to the pool in a known state.
-            loop.cancel(task)
-            with trio.CancelScope(shield=True):
-                await done.wait()
-            raise
-        return task.result()
+            try:
+                await self._done.wait()
+            except BaseException:
+                # Cancelled on the trio side: cancel the asyncpg call too, and wait for it to
+                # stop so that its connection goes back to the pool in a known state.
+                self._loop.cancel(self._task)
+                with trio.CancelScope(shield=True):
+                    await self._done.wait()
+                raise
+            return self._task.result()
+        finally:
+            if self._finished is not None:
+                self._finished()
 
 
 class _SteppedLoop:

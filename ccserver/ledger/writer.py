@@ -24,7 +24,7 @@ import trio
 
 from ccserver.actors.messages import Cdr, Transfer
 from ccserver.ledger.array_literals import bool_array, float_array, int_array, text_array
-from ccserver.ledger.bridge import Bridge
+from ccserver.ledger.bridge import Bridge, Call
 from ccserver.observability import (
     COMMIT_STAGES,
     LEDGER_BATCH_SIZE,
@@ -216,15 +216,25 @@ class Writer:
         # Two commits in flight: while Postgres commits one batch, the next one is gathered and
         # sent. Concurrent batches are safe: a key present in both is applied by one of them
         # (the unique index makes the other wait, then skip it), and balances are updated in
-        # ascending id order, so two commits cannot deadlock on them.
+        # ascending id order, so two commits cannot deadlock on them. Once a slot is free and
+        # writes wait, they are taken and their statement sent in the same turn of trio: every
+        # checkpoint on the way (trio's primitives yield even when they need not wait) would
+        # put the batch behind the requests being handled, up to a millisecond each.
         in_flight = trio.CapacityLimiter(COMMITS_IN_FLIGHT)
         async with trio.open_nursery() as nursery:
             while True:
-                await in_flight.acquire_on_behalf_of(receive)
+                token = object()
                 try:
-                    first = await receive.receive()
+                    in_flight.acquire_on_behalf_of_nowait(token)
+                except trio.WouldBlock:
+                    await in_flight.acquire_on_behalf_of(token)
+                try:
+                    try:
+                        first = receive.receive_nowait()
+                    except trio.WouldBlock:
+                        first = await receive.receive()
                 except trio.EndOfChannel:
-                    in_flight.release_on_behalf_of(receive)
+                    in_flight.release_on_behalf_of(token)
                     break
                 batch = [first]
                 while len(batch) < self.batch_max:
@@ -232,79 +242,115 @@ class Writer:
                         batch.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                token = object()
-                in_flight.release_on_behalf_of(receive)
-                await in_flight.acquire_on_behalf_of(token)
-                nursery.start_soon(self._commit_batch, batch, in_flight, token)
+                commit = _BatchCommit(self, batch, _SlotRelease(in_flight, token, len(batch)))
+                nursery.start_soon(commit.run, commit.start())
 
-    async def _commit_batch(
-        self, batch: list[_Waiter], in_flight: trio.CapacityLimiter, token: object
+
+class _SlotRelease:
+    """Frees a batch's commit slot once, whichever comes first: its waiters told, or its task
+    done (a failed or split batch)."""
+
+    __slots__ = ("count", "in_flight", "token")
+
+    def __init__(self, in_flight: trio.CapacityLimiter, token: object, count: int) -> None:
+        self.in_flight: trio.CapacityLimiter | None = in_flight
+        self.token = token
+        self.count = count
+
+    def __call__(self) -> None:
+        if self.in_flight is not None:
+            self.in_flight.release_on_behalf_of(self.token)
+            self.in_flight = None
+            _queued.count -= self.count
+
+
+class _BatchCommit:
+    """One batch's commit: attempts (retried while Postgres is unreachable), then its waiters
+    told. Split into single writes when Postgres refuses the batch for a reason other than its
+    reachability, so that one bad write does not sink the others."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        batch: list[_Waiter],
+        release: _SlotRelease | None = None,
+        batch_id: int = 0,
     ) -> None:
-        released = False
+        self.writer = writer
+        self.batch = batch
+        self.release = release
+        # Kept when a batch is split: an earlier attempt may have committed it.
+        self.batch_id = batch_id or random.getrandbits(62) + 1
+        self.told = False
+        self.stamps = _Stamps()
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                in_flight.release_on_behalf_of(token)
-                _queued.count -= len(batch)
+    def _attempt_args(self) -> tuple[Any, ...]:
+        self.stamps = _Stamps()
+        return (_commit, self.batch_id, [w.item for w in self.batch], self.stamps, self.complete)
 
+    def start(self) -> Call[list[bool]] | None:
+        """The first attempt, sent now (None when the bridge is at its bound: `run` sends it)."""
         try:
-            await self._commit_with_retry(batch, release)
+            return self.writer.bridge.start(*self._attempt_args(), reset=False)
+        except trio.WouldBlock:
+            return None
+
+    def complete(self, outcomes: list[bool]) -> None:
+        # Called by `_commit` on the asyncpg loop, in the turn of trio that read Postgres's
+        # answer: the waiters are told (Accounting-Responses sent) and the commit slot freed
+        # then, not one or two turns later when this task and the writer's are resumed, each
+        # behind whatever requests trio is handling.
+        self.told = True
+        now = time.perf_counter()
+        batch = self.batch
+        self.writer.committed_batches += 1
+        LEDGER_BATCH_SIZE.observe(len(batch))
+        self.stamps.observe(batch[0].arrived, now)
+        for waiter, applied in zip(batch, outcomes, strict=True):
+            waiter.outcome = WriteOutcome(applied)
+            LEDGER_COMMIT_SECONDS.observe(now - waiter.arrived)
+            waiter.finish()
+        if self.release is not None:
+            self.release()
+
+    async def run(self, first: Call[list[bool]] | None = None) -> None:
+        try:
+            await self._attempts(first)
         finally:
-            release()
+            if self.release is not None:
+                self.release()
 
-    async def _commit_with_retry(
-        self, batch: list[_Waiter], release: Callable[[], None] | None = None, batch_id: int = 0
-    ) -> None:
-        # Kept when a batch is split below: an earlier attempt may have committed it.
-        batch_id = batch_id or random.getrandbits(62) + 1
+    async def _attempts(self, first: Call[list[bool]] | None) -> None:
+        writer = self.writer
         delay = 0.05
-        told = False
-
-        def complete(outcomes: list[bool]) -> None:
-            # Called by `_commit` on the asyncpg loop, in the turn of trio that read Postgres's
-            # answer: the waiters are told (Accounting-Responses sent) and the commit slot freed
-            # then, not one or two turns later when this task and the writer's are resumed,
-            # each behind whatever requests trio is handling.
-            nonlocal told
-            told = True
-            now = time.perf_counter()
-            self.committed_batches += 1
-            LEDGER_BATCH_SIZE.observe(len(batch))
-            stamps.observe(batch[0].arrived, now)
-            for waiter, applied in zip(batch, outcomes, strict=True):
-                waiter.outcome = WriteOutcome(applied)
-                LEDGER_COMMIT_SECONDS.observe(now - waiter.arrived)
-                waiter.finish()
-            if release is not None:
-                release()
-
         while True:
-            stamps = _Stamps()
             try:
-                await self.bridge.run(
-                    _commit, batch_id, [w.item for w in batch], stamps, complete, reset=False
-                )
+                if first is not None:
+                    call, first = first, None
+                    await call.result()
+                else:
+                    await writer.bridge.run(*self._attempt_args(), reset=False)
             except Exception as error:
-                if told:
+                if self.told:
                     raise  # committed and told: what failed after that is a bug, not a retry
                 if is_transient(error):
                     LEDGER_RETRIES.inc()
-                    log.warning("ledger_retry", error=repr(error), batch=len(batch), delay=delay)
+                    log.warning(
+                        "ledger_retry", error=repr(error), batch=len(self.batch), delay=delay
+                    )
                     await trio.sleep(delay)
-                    delay = min(delay * 2, self.retry_seconds_max)
+                    delay = min(delay * 2, writer.retry_seconds_max)
                     continue
-                if len(batch) > 1:
+                if len(self.batch) > 1:
                     # One bad write must not sink the others: commit them one by one.
-                    for waiter in batch:
-                        await self._commit_with_retry([waiter], batch_id=batch_id)
+                    for waiter in self.batch:
+                        await _BatchCommit(writer, [waiter], batch_id=self.batch_id).run()
                     return
                 log.error("ledger_write_refused", error=repr(error))
-                batch[0].error = error
-                batch[0].finish()
+                self.batch[0].error = error
+                self.batch[0].finish()
                 return
-            assert told
+            assert self.told
             return
 
 
