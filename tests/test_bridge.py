@@ -49,6 +49,15 @@ async def test_errors_come_back_as_themselves(database_url: str) -> None:
         assert await bridge.run(lambda c: c.fetchval("SELECT 1")) == 1
 
 
+async def sleeps_running(bridge: Bridge) -> int:
+    return await bridge.run(
+        lambda c: c.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+        )
+    )
+
+
 async def test_cancelling_the_trio_side_cancels_the_query(database_url: str) -> None:
     async with Bridge(database_url, pool_max=1) as bridge:
         with trio.fail_after(20):
@@ -56,13 +65,7 @@ async def test_cancelling_the_trio_side_cancels_the_query(database_url: str) -> 
                 await bridge.run(lambda c: c.execute("SELECT pg_sleep(30)"))
             assert waited.cancelled_caught
             # The only connection is back in the pool, usable, with nothing left running.
-            running = await bridge.run(
-                lambda c: c.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
-                )
-            )
-            assert running == 0
+            assert await sleeps_running(bridge) == 0
 
 
 async def test_concurrent_calls_share_the_pool(database_url: str) -> None:
@@ -108,10 +111,4 @@ async def test_a_started_call_cancelled_while_awaited_cancels_the_query(
                 await call.result()
             assert waited.cancelled_caught
             # The slot and the only connection are back, nothing left running.
-            running = await bridge.run(
-                lambda c: c.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
-                )
-            )
-            assert running == 0
+            assert await sleeps_running(bridge) == 0

@@ -116,10 +116,11 @@ class Bridge:
             # A free slot is taken without a checkpoint: the call reaches the loop (and its query
             # Postgres) now, not after every other task has had a turn. Waiting for the answer
             # is the checkpoint.
-            self._slots.acquire_nowait()
+            call = self.start(fn, *args, reset=reset)
         except trio.WouldBlock:
             await self._slots.acquire()
-        return await self._start_holding_slot(fn, args, reset).result()
+            call = self._start_holding_slot(fn, args, reset)
+        return await call.result()
 
     def start(self, fn: Callable[..., Awaitable[T]], *args: Any, reset: bool = True) -> Call[T]:
         """Start `run`'s work now, from a trio task, without waiting for it: `fn` is taken up by
