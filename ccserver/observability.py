@@ -44,12 +44,12 @@ LEDGER_BATCH_SIZE = Histogram(
 )
 # Where a commit's time goes, per batch committed: `queued` is how long its oldest write waited
 # for the writer (a free commit slot), `hand_off` the wait for the asyncpg loop to take the batch
-# up (its next iteration, a pooled connection included), `encode` building its parameters there,
-# `statement` the round trip to Postgres (the statement and its COMMIT, until the loop has read
-# the answer), `hand_back` working out from the answer which writes were applied, until their
-# waiters are told (on the loop, in the same turn). The loop runs in trio's thread
-# (ccserver.ledger.bridge): the hand-off waits for trio to get round to it, behind whatever
-# requests are being handled.
+# up (its next iteration, and a connection: one of the writer's own, kept out of the pool),
+# `encode` building its parameters there, `statement` the round trip to Postgres (the statement
+# and its COMMIT, until the loop has read the answer), `hand_back` working out from the answer
+# which writes were applied, until their waiters are told (on the loop, in the same turn). The
+# loop runs in trio's thread (ccserver.ledger.bridge): the hand-off waits for trio to get round
+# to it, behind whatever requests are being handled.
 LEDGER_COMMIT_STAGE_SECONDS = Histogram(
     "ccserver_ledger_commit_stage_seconds",
     "Time of each stage of a ledger commit, per batch",

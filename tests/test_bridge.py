@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from ccserver.ledger.bridge import Bridge
+from ccserver.ledger.writer import _TRANSIENT
 
 
 async def test_calls_run_in_trios_thread_and_start_no_thread(database_url: str) -> None:
@@ -112,3 +113,47 @@ async def test_a_started_call_cancelled_while_awaited_cancels_the_query(
             assert waited.cancelled_caught
             # The slot and the only connection are back, nothing left running.
             assert await sleeps_running(bridge) == 0
+
+
+async def test_kept_connections_skip_the_pool_and_a_broken_one_is_replaced(
+    database_url: str,
+) -> None:
+    pid = "SELECT pg_backend_pid()"
+    bridge = Bridge(database_url, pool_max=2)
+    await bridge.open()
+    held: list[int] = []
+
+    async def hold(connection: Any) -> None:
+        held.append(await connection.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.2)"))
+
+    try:
+        with trio.fail_after(20):
+            kept = await bridge.run(lambda c: c.fetchval(pid), keep=True)
+            # Out of the pool: a plain call gets the pool's other connection, while the next
+            # kept call gets the kept one again.
+            assert await bridge.run(lambda c: c.fetchval(pid)) != kept
+            assert await bridge.run(lambda c: c.fetchval(pid), keep=True) == kept
+            # Its backend goes away: that call fails (as the ledger writer's transient errors
+            # do), and its connection is not kept.
+            await bridge.run(lambda c: c.execute("SELECT pg_terminate_backend($1)", kept))
+            with pytest.raises(_TRANSIENT):
+                await bridge.run(lambda c: c.fetchval(pid), keep=True)
+            replacement = await bridge.run(lambda c: c.fetchval(pid), keep=True)
+            assert replacement != kept
+            assert await bridge.run(lambda c: c.fetchval(pid), keep=True) == replacement
+            # Two at once: two kept connections, both used again afterwards.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: bridge.run(hold, keep=True))
+                nursery.start_soon(lambda: bridge.run(hold, keep=True))
+            assert len(set(held)) == 2
+            for _ in range(4):
+                await bridge.run(hold, keep=True)
+            assert len(set(held)) == 2
+    finally:
+        await bridge.close()
+    # Closing gave the kept connections back to the pool, which closed them.
+    async with Bridge(database_url) as other:
+        with trio.fail_after(20):
+            query = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])"
+            while await other.run(lambda c: c.fetchval(query, sorted(set(held)))):
+                await trio.sleep(0.05)

@@ -291,7 +291,7 @@ class _BatchCommit:
     def start(self) -> Call[list[bool]] | None:
         """The first attempt, sent now (None when the bridge is at its bound: `run` sends it)."""
         try:
-            return self.writer.bridge.start(*self._attempt_args(), reset=False)
+            return self.writer.bridge.start(*self._attempt_args(), keep=True)
         except trio.WouldBlock:
             return None
 
@@ -329,7 +329,7 @@ class _BatchCommit:
                     call, first = first, None
                     await call.result()
                 else:
-                    await writer.bridge.run(*self._attempt_args(), reset=False)
+                    await writer.bridge.run(*self._attempt_args(), keep=True)
             except Exception as error:
                 if self.told:
                     raise  # committed and told: what failed after that is a bug, not a retry
