@@ -157,3 +157,29 @@ async def test_kept_connections_skip_the_pool_and_a_broken_one_is_replaced(
             query = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])"
             while await other.run(lambda c: c.fetchval(query, sorted(set(held)))):
                 await trio.sleep(0.05)
+
+
+async def test_a_call_wakes_the_driver_only_for_a_sooner_timer(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Bridge(database_url) as bridge:
+        with trio.fail_after(20):
+            await bridge.run(lambda c: c.fetchval("SELECT 1"), keep=True)
+            await trio.sleep(0.05)  # the driver is waiting on the loop's selector again
+            loop = bridge._loop
+            assert loop is not None
+            wakes: list[bool] = []
+            wake = loop._wake
+            monkeypatch.setattr(loop, "_wake", lambda: (wakes.append(True), wake()))
+            for _ in range(20):
+                await bridge.run(lambda c: c.fetchval("SELECT 1"), keep=True)
+            # Nothing the driver waits for changed: it was not woken (each wake costs a
+            # cancelled scope), yet every answer came back through it.
+            assert wakes == []
+
+            async def sleep_then_answer(connection: Any) -> int:
+                await asyncio.sleep(0.05)  # a timer sooner than any the driver waits for
+                return 7
+
+            assert await bridge.run(sleep_then_answer) == 7
+            assert wakes
