@@ -18,7 +18,8 @@ What runs, all on 127.0.0.1 and under one temporary directory:
 Phases, interleaved so that each ratio compares figures measured back to back: durable
 accounting Start+Stop pairs (ccserver, FreeRADIUS sql, both again at --wide-parallelism, then
 ccserver at half its maximum rate and FreeRADIUS sql at half its own: the p99 of a stock
-Postgres-backed accounting server on this host), full call cycles (ccserver at both windows,
+Postgres-backed accounting server on this host; and ccserver at that same lower rate, for the two
+p99s under one offered load), full call cycles (ccserver at both windows,
 then at half rate), authorizations (ccserver, FreeRADIUS files, FreeRADIUS sql, then ccserver at
 half rate, and FreeRADIUS files at that same offered rate: the p99 this host allows a server in C
 there).
@@ -915,6 +916,8 @@ class Bench:
             self.half("acct")
             if sql:
                 self.half("acct", sql, "fr_sql_acct_half", of="fr_sql_acct")
+                # ccserver at that same rate: the two p99s under the same offered load.
+                self.half("acct", cc, "cc_acct_at_fr_half", of="fr_sql_acct")
         for _ in rounds:
             self.phase("cc_cycle", cc, "cycle")
             self.wide("cc_cycle", cc, "cycle")
@@ -1069,6 +1072,7 @@ class Bench:
         references = (
             ("fr_files_auth_same", "FreeRADIUS files at the auth rate of that phase"),
             ("fr_sql_acct_half", "FreeRADIUS sql accounting at half its own maximum"),
+            ("cc_acct_at_fr_half", "ccserver accounting at that same rate"),
         )
         for key, what in references:
             reference = p(key, "p99")
