@@ -156,7 +156,24 @@ class Bridge:
             _SKIP_RESET.set(not reset or keep)
             pool = await self._ensure_pool()
             kept = self._kept
-            connection = kept.pop() if keep and kept else await pool.acquire()
+            connection = None
+            while keep and kept:
+                # Closed while kept (its server went away and the loop saw it): asyncpg has
+                # handed it back to the pool already (a method of it raises InterfaceError
+                # then), or the pool gets it back now; either way the pool reconnects it when
+                # it is next acquired, as it does its own. Take the next kept one, or acquire.
+                connection = kept.pop()
+                try:
+                    if not connection.is_closed():
+                        break
+                except asyncpg.InterfaceError:
+                    pass
+                else:
+                    with contextlib.suppress(Exception):
+                        await pool.release(connection)
+                connection = None
+            if connection is None:
+                connection = await pool.acquire()
             try:
                 result = await fn(connection, *args)
             except BaseException:
