@@ -79,8 +79,7 @@ class Bridge:
                 self._pool = None
                 # Back to the pool first: it waits for every connection out of it to close.
                 kept, self._kept = self._kept, []
-                with contextlib.suppress(Exception):
-                    await self._submit(lambda: _release_all(pool, kept))
+                await self._submit(lambda: _release_all(pool, kept))
                 try:
                     await self._submit(lambda: asyncio.wait_for(pool.close(), 5))
                 except Exception:
@@ -155,23 +154,7 @@ class Bridge:
             # Read by the pool's reset hook, which runs in this task's context.
             _SKIP_RESET.set(not reset or keep)
             pool = await self._ensure_pool()
-            kept = self._kept
-            connection = None
-            while keep and kept:
-                # Closed while kept (its server went away and the loop saw it): asyncpg has
-                # handed it back to the pool already (a method of it raises InterfaceError
-                # then), or the pool gets it back now; either way the pool reconnects it when
-                # it is next acquired, as it does its own. Take the next kept one, or acquire.
-                connection = kept.pop()
-                try:
-                    if not connection.is_closed():
-                        break
-                except asyncpg.InterfaceError:
-                    pass
-                else:
-                    with contextlib.suppress(Exception):
-                        await pool.release(connection)
-                connection = None
+            connection = await self._kept_connection(pool) if keep else None
             if connection is None:
                 connection = await pool.acquire()
             try:
@@ -181,7 +164,7 @@ class Bridge:
                     await pool.release(connection)
                 raise
             if keep and self._pool is pool:
-                kept.append(connection)
+                self._kept.append(connection)
                 return result
             # `fn` succeeded (its transaction, if any, is committed): a connection that breaks on
             # its way back to the pool (the server shutting down just after COMMIT) must not turn
@@ -195,6 +178,22 @@ class Bridge:
         except BaseException:
             self._slots.release()
             raise
+
+    async def _kept_connection(self, pool: asyncpg.Pool) -> asyncpg.Connection | None:
+        """A kept connection still open, or None. One closed while kept (its server went away
+        and the loop saw it) is dropped: asyncpg has handed it back to the pool already (its
+        methods raise InterfaceError then), or the pool gets it back now; either way the pool
+        reconnects it when it is next acquired, as it does its own."""
+        kept = self._kept
+        while kept:
+            connection = kept.pop()
+            try:
+                if not connection.is_closed():
+                    return connection
+            except asyncpg.InterfaceError:
+                continue
+            await _release_all(pool, [connection])
+        return None
 
     def _start(
         self, make: Callable[[], Awaitable[T]], finished: Callable[[], None] | None = None
@@ -269,7 +268,8 @@ class _SteppedLoop:
         self._selector = selectors.DefaultSelector()
         self.loop = asyncio.SelectorEventLoop(self._selector)
         self._waiting: trio.CancelScope | None = None
-        self._waiting_until = math.inf  # the loop time of the timer `drive` waits for
+        # The loop time of the timer `drive` waits for; read only while `_waiting` is set.
+        self._waiting_until = math.inf
         self._stopping = False
 
     def start(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -342,7 +342,6 @@ class _SteppedLoop:
                 self._waiting_until = until
                 await trio.lowlevel.wait_readable(fileno)
             self._waiting = None
-            self._waiting_until = math.inf
 
 
 async def _shutdown_asyncgens() -> None:

@@ -492,11 +492,7 @@ async def _commit(
     for column, field in _OPENED_FIELDS:
         columns[column] = list(map(attrgetter(field), opened))
     assert len(columns) == len(_COMMIT_COLUMNS)
-    # Most columns of a small batch are empty (a batch of stops opens no session): '{}' as is.
-    literals = [
-        _LITERAL_OF[sql_type](values) if (values := columns[name]) else "{}"
-        for name, sql_type in _COMMIT_COLUMNS
-    ]
+    literals = [_LITERAL_OF[sql_type](columns[name]) for name, sql_type in _COMMIT_COLUMNS]
     if stamps is not None:
         stamps.encoded = time.perf_counter()
     applied_items = await connection.fetchval(_COMMIT_SQL, batch_id, *literals)
